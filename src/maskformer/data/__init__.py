@@ -1,0 +1,1 @@
+"""Dataset readers (ADE20K-style semantic folders, COCO panoptic), augmentations and batching."""

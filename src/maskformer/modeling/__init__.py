@@ -1,0 +1,1 @@
+"""The MaskFormer network: backbones, pixel decoder, transformer decoder, heads, matcher and loss."""

@@ -1,0 +1,1 @@
+"""Image processor (preprocess, training targets) and post-processing (semantic, instance, panoptic)."""
