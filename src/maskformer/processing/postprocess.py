@@ -1,0 +1,343 @@
+"""Turn MaskFormer logits into semantic, instance and panoptic segmentations.
+
+Pure functions on torch tensors. ``outputs`` is anything with ``class_queries_logits``
+``(batch, queries, classes + 1)`` (the last class is "no object") and ``masks_queries_logits``
+``(batch, queries, height, width)``. Everything runs on the logits' device; the only host
+transfers are one batched ``.tolist()`` per image to build ``segments_info`` (and the RLE
+encoding, which is host-side by nature).
+
+The results equal transformers 4.34.1 on every input it handles correctly; the deliberate
+differences are listed in the project README ("Differences from transformers 4.34.1").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskformer.processing.bilinear_select import ResizedMaps, resized_argmax
+
+TargetSizes = Sequence[tuple[int, int]] | torch.Tensor | None
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------------
+
+
+def _logits(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fetch and validate ``(class_queries_logits, masks_queries_logits)`` from ``outputs``."""
+    try:
+        class_logits = outputs.class_queries_logits
+        mask_logits = outputs.masks_queries_logits
+    except AttributeError as error:
+        raise TypeError(
+            "`outputs` must have `class_queries_logits` and `masks_queries_logits` attributes "
+            f"(got {type(outputs).__name__})"
+        ) from error
+    if not isinstance(class_logits, torch.Tensor) or class_logits.dim() != 3:
+        raise ValueError(
+            "`outputs.class_queries_logits` must be a tensor of shape (batch, queries, classes + 1)"
+        )
+    if not isinstance(mask_logits, torch.Tensor) or mask_logits.dim() != 4:
+        raise ValueError(
+            "`outputs.masks_queries_logits` must be a tensor of shape (batch, queries, height, width)"
+        )
+    if class_logits.shape[:2] != mask_logits.shape[:2]:
+        raise ValueError(
+            "`outputs.class_queries_logits` and `outputs.masks_queries_logits` disagree on "
+            f"(batch, queries): {tuple(class_logits.shape[:2])} vs {tuple(mask_logits.shape[:2])}"
+        )
+    return class_logits, mask_logits
+
+
+def _target_sizes(target_sizes: TargetSizes, batch_size: int) -> list[tuple[int, int] | None]:
+    """One ``(height, width)`` or None per image."""
+    if target_sizes is None:
+        return [None] * batch_size
+    if isinstance(target_sizes, torch.Tensor):
+        target_sizes = target_sizes.tolist()
+    if len(target_sizes) != batch_size:
+        raise ValueError(
+            "Make sure that you pass in as many target sizes as the batch dimension of the logits: "
+            f"`target_sizes` has {len(target_sizes)} entries for a batch of {batch_size}"
+        )
+    sizes = []
+    for size in target_sizes:
+        if len(size) != 2 or any(int(s) <= 0 for s in size):
+            raise ValueError(
+                f"each entry of `target_sizes` must be (height, width) > 0, got {size}"
+            )
+        sizes.append((int(size[0]), int(size[1])))
+    return sizes
+
+
+# ----------------------------------------------------------------------------------------------
+# Semantic segmentation
+# ----------------------------------------------------------------------------------------------
+
+
+def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Per-class scores ``(batch, classes, height, width)`` = sum over queries of
+    ``softmax(class)[..., :-1] * sigmoid(mask)``."""
+    class_probs = class_logits.softmax(dim=-1)[..., :-1]
+    mask_probs = mask_logits.sigmoid()
+    return torch.einsum("bqc,bqhw->bchw", class_probs, mask_probs)
+
+
+def post_process_semantic_segmentation(
+    outputs: Any, target_sizes: TargetSizes = None
+) -> list[torch.Tensor]:
+    """Semantic maps, one int64 ``(height, width)`` tensor of class ids per image.
+
+    Without ``target_sizes`` the maps are at mask resolution; otherwise image ``i`` is resized
+    (bilinear on the class scores) to ``target_sizes[i]``.
+    """
+    class_logits, mask_logits = _logits(outputs)
+    sizes = _target_sizes(target_sizes, class_logits.shape[0])
+    scores = semantic_scores(class_logits, mask_logits)
+    if target_sizes is None:
+        return list(scores.argmax(dim=1))
+    return [resized_argmax(image_scores, size) for image_scores, size in zip(scores, sizes)]
+
+
+def post_process_segmentation(
+    outputs: Any, target_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Deprecated: class scores ``(batch, classes, height, width)``, optionally resized."""
+    class_logits, mask_logits = _logits(outputs)
+    scores = semantic_scores(class_logits, mask_logits)
+    if target_size is not None:
+        scores = F.interpolate(scores, size=target_size, mode="bilinear", align_corners=False)
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------
+# Instance segmentation
+# ----------------------------------------------------------------------------------------------
+
+
+def binary_mask_to_coco_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """COCO compressed RLEs (``{"size": [h, w], "counts": str}``), one per mask of ``(n, h, w)``.
+
+    Column-major as COCO defines it; ``pycocotools.mask.decode`` gives back each mask exactly.
+    """
+    from pycocotools import mask as mask_utils
+
+    if masks.shape[0] == 0:
+        return []
+    host = masks.to(device="cpu", dtype=torch.uint8).numpy()
+    encoded = mask_utils.encode(np.asfortranarray(host.transpose(1, 2, 0)))
+    for rle in encoded:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return encoded
+
+
+def _nearest_sources(
+    in_size: tuple[int, int], out_size: tuple[int, int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source row ``(H,)`` and column ``(W,)`` of every output pixel of
+    ``interpolate(mode="nearest")``, read off torch itself by resizing index ramps."""
+    ramps = []
+    for length, out_length in zip(in_size, out_size):
+        ramp = torch.arange(length, dtype=torch.float32, device=device)[None, None, :, None]
+        sampled = F.interpolate(ramp, size=(out_length, 1), mode="nearest")
+        ramps.append(sampled.flatten().long())
+    return ramps[0], ramps[1]
+
+
+def post_process_instance_segmentation(
+    outputs: Any,
+    threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    overlap_mask_area_threshold: float = 0.8,
+    target_sizes: TargetSizes = None,
+    return_coco_annotation: bool | None = False,
+    return_binary_maps: bool | None = False,
+) -> list[dict[str, Any]]:
+    """Instance segments per image: ``{"segmentation", "segments_info"}``.
+
+    As in the reference, the ``queries`` best (query, class) pairs are taken (unsorted top-k),
+    masks are binarised at logit 0 (``mask_threshold`` and ``overlap_mask_area_threshold`` are
+    accepted but unused), a pair is kept when its mask is not empty and
+    ``class_prob * mean_mask_prob >= threshold``, and ids count the kept pairs from 0.
+
+    ``segmentation``: float32 ``(height, width)`` of ids, -1 = background, later segments drawn
+    over earlier ones; with ``return_binary_maps`` a float32 ``(segments, height, width)`` stack
+    (``(0, height, width)`` when nothing is found); with ``return_coco_annotation`` a list of COCO
+    RLE dicts, one per segment in ``segments_info`` order (each segment's own mask).
+    """
+    if return_coco_annotation and return_binary_maps:
+        raise ValueError(
+            "`return_coco_annotation` and `return_binary_maps` can not be both set to True."
+        )
+    class_logits, mask_logits = _logits(outputs)
+    batch_size, num_queries, num_classes = class_logits.shape
+    num_classes -= 1
+    sizes = _target_sizes(target_sizes, batch_size)
+    device = mask_logits.device
+
+    results = []
+    for image_class_logits, image_mask_logits, size in zip(class_logits, mask_logits, sizes):
+        class_probs = image_class_logits.softmax(dim=-1)[:, :-1]
+        top_scores, top_indices = class_probs.flatten(0, 1).topk(num_queries, sorted=False)
+        labels = top_indices % num_classes
+        queries = torch.div(top_indices, num_classes, rounding_mode="floor")
+
+        # score = class prob * mean mask prob <= class prob: only pairs whose class prob reaches
+        # the threshold can be kept, so masks are scored for those alone.
+        candidates = (top_scores >= threshold).nonzero()[:, 0]
+        chosen_logits = image_mask_logits[queries[candidates]]  # (candidates, h, w)
+        binary = (chosen_logits > 0).float()
+        mask_scores = (chosen_logits.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (
+            binary.flatten(1).sum(1) + 1e-6
+        )
+        scores = top_scores[candidates] * mask_scores
+        passing = (scores >= threshold).nonzero()[:, 0]
+        passing_masks = binary[passing]  # (passing, h, w)
+
+        # Nearest resizing samples one source pixel per output pixel: the id map and the
+        # emptiness test can be computed at mask resolution through the sampled rows / columns.
+        if size is None:
+            rows = torch.arange(binary.shape[-2], device=device)
+            cols = torch.arange(binary.shape[-1], device=device)
+        else:
+            rows, cols = _nearest_sources(binary.shape[-2:], size, device)
+        sampled = passing_masks[:, rows.unique()][:, :, cols.unique()]
+        non_empty = sampled.flatten(1).gt(0).any(dim=1)
+        kept_masks = passing_masks[non_empty]  # (segments, h, w)
+        segment_ids = torch.arange(kept_masks.shape[0], device=device, dtype=torch.float32)
+        low_res = torch.where(kept_masks.bool(), segment_ids[:, None, None], -1.0)
+        low_res = (
+            low_res.amax(dim=0)
+            if kept_masks.shape[0]
+            else kept_masks.new_full(binary.shape[-2:], -1.0)
+        )
+        segmentation = low_res  # ids, later segments drawn over earlier ones
+        if size is not None:
+            segmentation = low_res[rows][:, cols]  # (H, W)
+            if return_binary_maps or return_coco_annotation:
+                kept_masks = kept_masks[:, rows][:, :, cols]  # (segments, H, W)
+        labels, kept_in_candidates = labels[candidates], passing[non_empty]
+        kept_labels, kept_scores = (
+            torch.stack(
+                [
+                    labels[kept_in_candidates].to(torch.float64),
+                    scores[kept_in_candidates].to(torch.float64),
+                ]
+            )
+            .cpu()
+            .tolist()
+        )
+        segments_info = [
+            {"id": i, "label_id": int(label), "was_fused": False, "score": round(score, 6)}
+            for i, (label, score) in enumerate(zip(kept_labels, kept_scores))
+        ]
+        if return_coco_annotation:
+            segmentation = binary_mask_to_coco_rle(kept_masks)
+        elif return_binary_maps:
+            segmentation = kept_masks
+        results.append({"segmentation": segmentation, "segments_info": segments_info})
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Panoptic segmentation
+# ----------------------------------------------------------------------------------------------
+
+
+def _panoptic_segment_ids(
+    labels: torch.Tensor, valid: torch.Tensor, fused: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segment id per kept query (0 = dropped) and whether the query opened a new segment.
+
+    Valid queries get ids 1, 2, ... in query order; a valid query of a fused class reuses the id of
+    the first valid query of that class. All inputs and outputs are ``(kept,)``.
+    """
+    count = labels.shape[0]
+    same_label = labels[:, None] == labels[None, :]
+    earlier = torch.ones(count, count, dtype=torch.bool, device=labels.device).tril(-1)
+    has_earlier_twin = (same_label & earlier & valid[None, :]).any(dim=1)
+    opens = valid & ~(fused & has_earlier_twin)
+    new_ids = torch.cumsum(opens.long(), dim=0)
+    # The first valid query of the same label (itself when it opens a segment).
+    first_twin = (same_label & valid[None, :]).long().argmax(dim=1)
+    ids = torch.where(opens, new_ids, new_ids[first_twin])
+    return torch.where(valid, ids, 0), opens
+
+
+def post_process_panoptic_segmentation(
+    outputs: Any,
+    threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    overlap_mask_area_threshold: float = 0.8,
+    label_ids_to_fuse: set[int] | None = None,
+    target_sizes: TargetSizes = None,
+) -> list[dict[str, Any]]:
+    """Panoptic segments per image: ``{"segmentation", "segments_info"}``.
+
+    ``segmentation`` is int32 ``(height, width)`` on the logits' device, 0 = no segment and ids
+    from 1. Queries whose best class is not "no object" and whose probability is above
+    ``threshold`` compete per pixel on ``score * mask_prob`` (probabilities resized bilinearly to
+    ``target_sizes[i]`` first). A query becomes a segment when it wins pixels, has pixels with
+    ``score * mask_prob >= mask_threshold`` (the reference's score weighting, kept) and the ratio
+    of the two areas is above ``overlap_mask_area_threshold``. Queries of a class in
+    ``label_ids_to_fuse`` share one id; ``segments_info`` has one entry per id, carrying the score
+    of the query that opened it.
+    """
+    class_logits, mask_logits = _logits(outputs)
+    batch_size, _, num_classes = class_logits.shape
+    num_classes -= 1
+    sizes = _target_sizes(target_sizes, batch_size)
+    fuse = sorted(set(label_ids_to_fuse or ()))
+    device = mask_logits.device
+
+    class_scores, class_labels = class_logits.softmax(dim=-1).max(dim=-1)
+
+    results = []
+    for image_logits, scores, labels, size in zip(mask_logits, class_scores, class_labels, sizes):
+        height, width = size if size is not None else image_logits.shape[-2:]
+        keep = (labels != num_classes) & (scores > threshold)
+        kept_probs = image_logits[keep].sigmoid()  # (kept, h, w)
+        kept_scores, kept_labels = scores[keep], labels[keep]
+        count = kept_probs.shape[0]
+        segmentation = torch.zeros((height, width), dtype=torch.int32, device=device)
+        if count == 0:
+            results.append({"segmentation": segmentation, "segments_info": []})
+            continue
+        if size is None:
+            weighted = kept_probs * kept_scores[:, None, None]
+            winner = weighted.argmax(dim=0)  # (h, w)
+            confident_area = (weighted >= mask_threshold).flatten(1).sum(dim=1)
+        else:  # same as resizing the probabilities first, without resizing them all
+            resized = ResizedMaps(kept_probs, size, kept_scores)
+            winner = resized.argmax()  # (H, W)
+            confident_area = resized.threshold_counts(mask_threshold)
+        won_area = torch.bincount(winner.flatten(), minlength=count)
+        # The reference's ratio is float32, compared with the threshold in float64.
+        ratio = (won_area / confident_area.clamp(min=1)).to(torch.float32).double()
+        valid = (won_area > 0) & (confident_area > 0) & (ratio > overlap_mask_area_threshold)
+        fused = torch.isin(kept_labels, torch.tensor(fuse, dtype=kept_labels.dtype, device=device))
+        ids, opens = _panoptic_segment_ids(kept_labels, valid, fused)
+        segmentation = ids.to(torch.int32)[winner]
+
+        info = torch.stack(
+            [ids.to(torch.float64), kept_labels.to(torch.float64), kept_scores.to(torch.float64)]
+        )[:, opens]
+        segment_ids, segment_labels, segment_scores = info.cpu().tolist()
+        fuse_set = set(fuse)
+        segments_info = [
+            {
+                "id": int(segment_id),
+                "label_id": int(label),
+                "was_fused": int(label) in fuse_set,
+                "score": round(score, 6),
+            }
+            for segment_id, label, score in zip(segment_ids, segment_labels, segment_scores)
+        ]
+        results.append({"segmentation": segmentation, "segments_info": segments_info})
+    return results
