@@ -32,7 +32,22 @@ _EXPORTS: dict[str, str] = {
     "MaskFormerFeatureExtractor": "maskformer.processing.image_processor",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DetrConfig",
+    "MaskFormerConfig",
+    "MaskFormerFeatureExtractor",
+    "MaskFormerForInstanceSegmentation",
+    "MaskFormerForInstanceSegmentationOutput",
+    "MaskFormerHungarianMatcher",
+    "MaskFormerImageProcessor",
+    "MaskFormerLoss",
+    "MaskFormerModel",
+    "MaskFormerModelOutput",
+    "MaskFormerPreTrainedModel",
+    "MaskFormerSwinConfig",
+    "ResNetConfig",
+    "SwinConfig",
+]
 
 
 def __getattr__(name: str) -> Any:

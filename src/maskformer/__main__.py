@@ -1,0 +1,5 @@
+import sys
+
+from maskformer.cli import main
+
+sys.exit(main())
