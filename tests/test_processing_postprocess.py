@@ -12,8 +12,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maskformer.processing import MaskFormerImageProcessor
-from maskformer.processing.bilinear_select import resized_argmax, resized_threshold_counts
+from maskformer.processing import MaskFormerImageProcessor, bilinear_select
+from maskformer.processing.bilinear_select import (
+    ResizedMaps,
+    resized_argmax,
+    resized_threshold_counts,
+)
 
 PROCESSOR = MaskFormerImageProcessor()
 # pycocotools' decode trips a numpy 2 deprecation inside pycocotools itself.
@@ -113,6 +117,99 @@ def test_resized_argmax_breaks_exact_ties_like_argmax():
         0
     ].argmax(0)
     assert torch.equal(resized_argmax(maps, (11, 13)), expected)
+
+
+def _region_maps(count, height, width, seed, duplicate=False):
+    """Score-weighted mask probabilities like a trained model's: regions with soft, noisy
+    borders, so most cells are decided and the contested ones sit between two maps."""
+    outputs = realistic_outputs(
+        batch=1, queries=count + 4, height=height, width=width, objects=count, seed=seed
+    )
+    scores, labels = outputs.class_queries_logits[0].softmax(-1).max(-1)
+    keep = labels != outputs.class_queries_logits.shape[-1] - 1
+    maps = outputs.masks_queries_logits[0][keep].sigmoid()
+    scale = scores[keep]
+    if duplicate and maps.shape[0] > 1:  # exact ties between two maps everywhere
+        maps[1], scale[1] = maps[0], scale[0]
+    return maps, scale
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("out_size", [(97, 131), (40, 56), (23, 17), (160, 224)])
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_resized_selections_on_region_maps_equal_full_resize(
+    monkeypatch, seed, out_size, duplicate
+):
+    calls = {"two maps": 0, "general": 0}
+    for method, name in [("_two_map_argmax", "two maps"), ("_contested_argmax", "general")]:
+        original = getattr(ResizedMaps, method)
+
+        def spy(self, *args, _original=original, _name=name):
+            calls[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(ResizedMaps, method, spy)
+    maps, scale = _region_maps(6, 40, 56, seed, duplicate)
+    full = F.interpolate(maps[None], size=out_size, mode="bilinear", align_corners=False)[0]
+    weighted = full * scale[:, None, None]
+    resized = ResizedMaps(maps, out_size, scale)
+    assert torch.equal(resized.argmax(), weighted.argmax(0))
+    parts = resized.argmax_parts()
+    assert torch.equal(
+        parts.won_counts, torch.bincount(weighted.argmax(0).flatten(), minlength=len(maps))
+    )
+    for threshold in (0.5, 0.9, float(weighted[0, 3, 5])):  # the last one hits a sample exactly
+        exact = (weighted >= threshold).flatten(1).sum(1)
+        assert torch.equal(resized.threshold_counts(threshold), exact)
+        lower, upper, _ = resized.threshold_count_bounds(threshold)
+        assert bool((lower <= exact).all()) and bool((exact <= upper).all())
+        some = torch.arange(len(maps)) % 2 == 0
+        partial = resized.threshold_counts(threshold, maps=some)
+        assert torch.equal(partial[some], exact[some])
+        assert bool((partial[~some] <= exact[~some]).all())
+    if out_size[0] > 40:  # upsampling: contested cells take both paths
+        assert calls["two maps"] > 0 and calls["general"] > 0
+
+
+def test_packed_ranking_matches_max_with_many_maps():
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(300, 6, 7, generator=generator).round(decimals=2)  # > 256: unpacked path
+    full = F.interpolate(maps[None], size=(13, 11), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(resized_argmax(maps, (13, 11)), full.argmax(0))
+    ranks = bilinear_select._leaders(maps[:200])  # packed: index in the low bits
+    best, leader = maps[:200].max(dim=0)
+    assert torch.equal(ranks.leader, leader)
+    assert bool((ranks.best <= best).all())
+    assert bool((ranks.best >= best * (1 - 2**-15)).all())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_panoptic_matches_reference_at_area_ratio_boundaries(reference, seed):
+    """Overlap thresholds equal to the segments' own area ratios: bounds of the confident area
+    cannot settle those queries, which then take the exact count."""
+    outputs = realistic_outputs(batch=1, seed=10 + seed)
+    size = [(83, 117)]
+    scores, labels = outputs.class_queries_logits[0].softmax(-1).max(-1)
+    keep = (labels != outputs.class_queries_logits.shape[-1] - 1) & (scores > 0.5)
+    probs = (
+        F.interpolate(
+            outputs.masks_queries_logits[0][keep].sigmoid()[None], size=size[0], mode="bilinear"
+        )[0]
+        * scores[keep][:, None, None]
+    )
+    won = torch.bincount(probs.argmax(0).flatten(), minlength=len(probs))
+    confident = (probs >= 0.5).flatten(1).sum(1)
+    ratios = (won / confident.clamp(min=1)).to(torch.float32).double()
+    for overlap in sorted(set(ratios[won > 0].tolist()))[:4]:
+        ours = PROCESSOR.post_process_panoptic_segmentation(
+            outputs, overlap_mask_area_threshold=overlap, target_sizes=size
+        )[0]
+        theirs = reference.post_process_panoptic_segmentation(
+            outputs, overlap_mask_area_threshold=overlap, target_sizes=size, label_ids_to_fuse=set()
+        )[0]
+        assert ours["segments_info"] == theirs["segments_info"]
+        if theirs["segments_info"]:
+            assert torch.equal(ours["segmentation"], theirs["segmentation"])
 
 
 @settings(max_examples=30, deadline=None)

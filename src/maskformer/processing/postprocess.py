@@ -250,6 +250,20 @@ def post_process_instance_segmentation(
 # ----------------------------------------------------------------------------------------------
 
 
+def _passes_area_checks(
+    won_area: torch.Tensor, confident_area: torch.Tensor, overlap_mask_area_threshold: float
+) -> torch.Tensor:
+    """Whether each query keeps its segment: it wins pixels, has confident pixels, and the ratio
+    of the two is above the threshold (float32, as in the reference, compared in float64).
+
+    For fixed ``won_area`` and ``confident_area >= 1`` the outcome only changes from True to
+    False as ``confident_area`` grows (float32 division rounds monotonically), so bounds of it
+    settle most queries.
+    """
+    ratio = (won_area / confident_area.clamp(min=1)).to(torch.float32).double()
+    return (won_area > 0) & (confident_area > 0) & (ratio > overlap_mask_area_threshold)
+
+
 def _panoptic_segment_ids(
     labels: torch.Tensor, valid: torch.Tensor, fused: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,32 +312,50 @@ def post_process_panoptic_segmentation(
 
     class_scores, class_labels = class_logits.softmax(dim=-1).max(dim=-1)
 
-    results = []
-    for image_logits, scores, labels, size in zip(mask_logits, class_scores, class_labels, sizes):
+    def segment(
+        image_logits: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, size: Any
+    ) -> dict[str, Any]:
+        """One image: ``image_logits`` ``(queries, h, w)``, ``scores`` / ``labels``
+        ``(queries,)``."""
         height, width = size if size is not None else image_logits.shape[-2:]
         keep = (labels != num_classes) & (scores > threshold)
-        kept_probs = image_logits[keep].sigmoid()  # (kept, h, w)
-        kept_scores, kept_labels = scores[keep], labels[keep]
+        kept = keep.nonzero()[:, 0]
+        kept_probs = image_logits.index_select(0, kept).sigmoid_()  # (kept, h, w)
+        kept_scores, kept_labels = scores[kept], labels[kept]
         count = kept_probs.shape[0]
-        segmentation = torch.zeros((height, width), dtype=torch.int32, device=device)
         if count == 0:
-            results.append({"segmentation": segmentation, "segments_info": []})
-            continue
+            segmentation = torch.zeros((height, width), dtype=torch.int32, device=device)
+            return {"segmentation": segmentation, "segments_info": []}
         if size is None:
             weighted = kept_probs * kept_scores[:, None, None]
             winner = weighted.argmax(dim=0)  # (h, w)
             confident_area = (weighted >= mask_threshold).flatten(1).sum(dim=1)
+            won_area = torch.bincount(winner.flatten(), minlength=count)
+            valid = _passes_area_checks(won_area, confident_area, overlap_mask_area_threshold)
         else:  # same as resizing the probabilities first, without resizing them all
             resized = ResizedMaps(kept_probs, size, kept_scores)
-            winner = resized.argmax()  # (H, W)
-            confident_area = resized.threshold_counts(mask_threshold)
-        won_area = torch.bincount(winner.flatten(), minlength=count)
-        # The reference's ratio is float32, compared with the threshold in float64.
-        ratio = (won_area / confident_area.clamp(min=1)).to(torch.float32).double()
-        valid = (won_area > 0) & (confident_area > 0) & (ratio > overlap_mask_area_threshold)
+            winner = resized.argmax_parts()  # compact (H, W) argmax
+            won_area = winner.won_counts
+            # The area checks need exact confident areas only where bounds leave them open.
+            lower, upper, undecided = resized.threshold_count_bounds(mask_threshold)
+            valid = _passes_area_checks(won_area, upper, overlap_mask_area_threshold)
+            # Monotone in the confident area from 1 pixel on; 0 pixels always fails.
+            open_maps = (
+                valid != _passes_area_checks(won_area, lower, overlap_mask_area_threshold)
+            ) | ((lower == 0) & (upper > 0) & (won_area > 0))
+            if bool(open_maps.any()):
+                confident_area = resized.threshold_counts(
+                    mask_threshold, maps=open_maps, bounds=(lower, undecided)
+                )
+                valid = _passes_area_checks(won_area, confident_area, overlap_mask_area_threshold)
         fused = torch.isin(kept_labels, torch.tensor(fuse, dtype=kept_labels.dtype, device=device))
         ids, opens = _panoptic_segment_ids(kept_labels, valid, fused)
-        segmentation = ids.to(torch.int32)[winner]
+        ids = ids.to(torch.int32)
+        if size is None:
+            segmentation = ids[winner]
+        else:
+            segmentation = resized.grid.expand(ids[winner.cell_leader])
+            segmentation.view(-1)[winner.pixels] = ids[winner.pixel_leader]
 
         info = torch.stack(
             [ids.to(torch.float64), kept_labels.to(torch.float64), kept_scores.to(torch.float64)]
@@ -339,5 +371,6 @@ def post_process_panoptic_segmentation(
             }
             for segment_id, label, score in zip(segment_ids, segment_labels, segment_scores)
         ]
-        results.append({"segmentation": segmentation, "segments_info": segments_info})
-    return results
+        return {"segmentation": segmentation, "segments_info": segments_info}
+
+    return [segment(*row) for row in zip(mask_logits, class_scores, class_labels, sizes)]
