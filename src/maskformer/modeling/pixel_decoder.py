@@ -8,6 +8,7 @@ feature size: the per-pixel embeddings the mask logits are computed against.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -72,6 +73,10 @@ class MaskFormerPixelDecoder(nn.Module):
     def forward(
         self, features: list[Tensor], output_hidden_states: bool = False
     ) -> MaskFormerPixelDecoderOutput:
+        if torch.is_grad_enabled():
+            # Swin maps arrive channels_last; that suits the convolutions, but GroupNorm's
+            # backward on channels_last is slow on CPU, so training runs the FPN in NCHW.
+            features = [feature.contiguous() for feature in features]
         fpn_features = self.fpn(features)
         return MaskFormerPixelDecoderOutput(
             last_hidden_state=self.mask_projection(fpn_features[-1]),

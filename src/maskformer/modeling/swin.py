@@ -1,15 +1,20 @@
 """The Swin Transformer backbone as MaskFormer uses it (four feature maps at strides 4 to 32).
 
-Tokens travel between blocks as ``(batch, height, width, channels)``. Window attention runs
-through ``scaled_dot_product_attention`` with a single additive bias per block: the relative
-position bias (gathered once per forward) plus, for shifted blocks, the shifted-window mask
-(built once per padded size, dtype and device, in the activations' dtype so half precision
-works). Parameter names follow the Hugging Face checkpoint layout.
+Tokens travel between blocks as ``(batch, height, width, channels)``. Each block moves its
+tokens into (shifted) windows with one ``index_select`` (padding, cyclic shift and window
+partition at once, indices cached per map size) and back with another that also drops the
+padding. Window attention is one fused query/key/value matmul and a 4-D
+``scaled_dot_product_attention`` with a single additive bias per block: the relative position
+bias plus, for shifted blocks, the shifted-window mask (built in the activations' dtype so half
+precision works; cached while no gradient is needed). Stochastic depth grows linearly over the
+blocks and applies to both residual branches. Parameter names follow the Hugging Face checkpoint
+layout.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +50,8 @@ def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
     if drop_prob == 0.0 or not training:
         return x
     keep_prob = 1.0 - drop_prob
+    if keep_prob <= 0.0:
+        return torch.zeros_like(x)
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     keep = torch.floor(keep_prob + torch.rand(shape, dtype=x.dtype, device=x.device))
     return x / keep_prob * keep
@@ -153,7 +160,12 @@ class MaskFormerSwinEmbeddings(nn.Module):
 
 
 class MaskFormerSwinSelfAttention(nn.Module):
-    """Query/key/value projections and the relative position bias of one window attention."""
+    """Query/key/value projections and the relative position bias of one window attention.
+
+    The three projections keep their checkpoint names (``query``, ``key``, ``value``) but run as
+    one matmul against their concatenated weights; without autograd the concatenation is cached
+    and rebuilt whenever a weight changes (load_state_dict, optimiser steps, ``.to()``).
+    """
 
     def __init__(self, config: SwinConfig, dim: int, num_heads: int, window_size: int) -> None:
         super().__init__()
@@ -172,6 +184,7 @@ class MaskFormerSwinSelfAttention(nn.Module):
         self.key = nn.Linear(dim, dim, bias=config.qkv_bias)
         self.value = nn.Linear(dim, dim, bias=config.qkv_bias)
         self.dropout_prob = config.attention_probs_dropout_prob
+        self._qkv_cache: tuple[tuple, Tensor, Tensor | None] | None = None
 
     def relative_position_bias(self) -> Tensor:
         """``(heads, ws*ws, ws*ws)``."""
@@ -179,14 +192,32 @@ class MaskFormerSwinSelfAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
         return bias.reshape(tokens, tokens, -1).permute(2, 0, 1)
 
+    def qkv_parameters(self) -> tuple[Tensor, Tensor | None]:
+        """Weight ``(3*dim, dim)`` and bias ``(3*dim,)`` of the fused query/key/value projection."""
+        layers = (self.query, self.key, self.value)
+        has_bias = self.query.bias is not None
+        if torch.is_grad_enabled() and any(layer.weight.requires_grad for layer in layers):
+            weight = torch.cat([layer.weight for layer in layers])
+            bias = torch.cat([layer.bias for layer in layers]) if has_bias else None
+            return weight, bias
+        tensors = [t for layer in layers for t in (layer.weight, layer.bias) if t is not None]
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        if self._qkv_cache is None or self._qkv_cache[0] != key:
+            # Normal tensors even under inference_mode, so a later autograd pass may use them.
+            with torch.inference_mode(False), torch.no_grad():
+                weight = torch.cat([layer.weight for layer in layers])
+                bias = torch.cat([layer.bias for layer in layers]) if has_bias else None
+            self._qkv_cache = (key, weight, bias)
+        return self._qkv_cache[1], self._qkv_cache[2]
+
     def forward(self, windows: Tensor, attention_bias: Tensor) -> Tensor:
-        """``windows`` ``(batch, windows, ws*ws, dim)``; ``attention_bias`` broadcastable to
-        ``(windows, heads, ws*ws, ws*ws)``. Returns ``(batch, windows, ws*ws, dim)``."""
-        batch, num_windows, tokens, dim = windows.shape
-        split = (batch, num_windows, tokens, self.num_attention_heads, self.attention_head_size)
-        query = self.query(windows).view(split).transpose(2, 3)
-        key = self.key(windows).view(split).transpose(2, 3)
-        value = self.value(windows).view(split).transpose(2, 3)
+        """``windows`` ``(batch*windows, ws*ws, dim)``; ``attention_bias`` broadcastable to
+        ``(batch*windows, heads, ws*ws, ws*ws)``. Returns ``(batch*windows, ws*ws, dim)``."""
+        count, tokens, dim = windows.shape
+        weight, bias = self.qkv_parameters()
+        qkv = F.linear(windows, weight, bias)
+        qkv = qkv.view(count, tokens, 3, self.num_attention_heads, self.attention_head_size)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (count, heads, tokens, d)
         context = F.scaled_dot_product_attention(
             query,
             key,
@@ -194,7 +225,7 @@ class MaskFormerSwinSelfAttention(nn.Module):
             attn_mask=attention_bias,
             dropout_p=self.dropout_prob if self.training else 0.0,
         )
-        return context.transpose(2, 3).reshape(batch, num_windows, tokens, dim)
+        return context.transpose(1, 2).reshape(count, tokens, dim)
 
 
 class MaskFormerSwinSelfOutput(nn.Module):
@@ -237,8 +268,57 @@ class MaskFormerSwinOutput(nn.Module):
         return self.dropout(self.dense(x))
 
 
+@dataclass(frozen=True)
+class WindowLayout:
+    """Where each token of a ``(height, width)`` map goes in the (shifted) window layout.
+
+    The reference pads the map to a multiple of the window size, rolls it by ``-shift`` and cuts
+    it into windows; ``gather`` does all three at once: row ``i`` of the windowed tokens
+    ``(windows*ws*ws,)`` is token ``gather[i]`` of the flattened map, and the rows listed in
+    ``padding`` are padding (zeros). ``scatter`` ``(height*width,)`` is the inverse: the windowed
+    row of each map token. ``shift_mask`` is ``(windows, 1, N, N)`` for shifted layouts, else None.
+    """
+
+    num_windows: int
+    gather: Tensor
+    padding: Tensor | None
+    scatter: Tensor
+    shift_mask: Tensor | None
+
+
+def window_layout(
+    height: int,
+    width: int,
+    window_size: int,
+    shift: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> WindowLayout:
+    """The :class:`WindowLayout` of a ``(height, width)`` map (pad, roll by ``-shift``, cut)."""
+    ws = window_size
+    padded_h, padded_w = math.ceil(height / ws) * ws, math.ceil(width / ws) * ws
+    grid_h, grid_w = padded_h // ws, padded_w // ws
+    rows = (torch.arange(padded_h, device=device) + shift) % padded_h
+    cols = (torch.arange(padded_w, device=device) + shift) % padded_w
+    rows = rows.view(grid_h, 1, ws, 1).expand(grid_h, grid_w, ws, ws).reshape(-1)
+    cols = cols.view(1, grid_w, 1, ws).expand(grid_h, grid_w, ws, ws).reshape(-1)
+    inside = (rows < height) & (cols < width)
+    source = torch.where(inside, rows * width + cols, torch.zeros_like(rows))
+    positions = torch.arange(source.numel(), device=device)
+    scatter = torch.empty(height * width, dtype=torch.int64, device=device)
+    scatter[source[inside]] = positions[inside]
+    padding = None if bool(inside.all()) else positions[~inside]
+    shift_mask = None
+    if shift:
+        shift_mask = shifted_window_mask(padded_h, padded_w, ws, shift, dtype, device).unsqueeze(1)
+    return WindowLayout(grid_h * grid_w, source, padding, scatter, shift_mask)
+
+
 class MaskFormerSwinLayer(nn.Module):
-    """One Swin block: (shifted) window attention then an MLP, both residual, pre-norm."""
+    """One Swin block: (shifted) window attention then an MLP, both residual, pre-norm.
+
+    Stochastic depth (``drop_path``) applies to both residual branches, as in Swin.
+    """
 
     def __init__(
         self, config: SwinConfig, dim: int, num_heads: int, shift_size: int, drop_path_rate: float
@@ -252,37 +332,46 @@ class MaskFormerSwinLayer(nn.Module):
         self.layernorm_after = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.intermediate = MaskFormerSwinIntermediate(config, dim)
         self.output = MaskFormerSwinOutput(config, dim)
+        self._bias_cache: tuple[tuple, Tensor] | None = None
 
-    def forward(self, hidden_states: Tensor, shift_mask: Tensor | None) -> Tensor:
-        """``(batch, height, width, dim)`` -> same shape. ``shift_mask`` ``(windows, 1, N, N)``
-        is the shifted-window mask for this block's padded size (None for unshifted blocks)."""
+    def attention_bias(self, layout: WindowLayout, batch: int, dtype: torch.dtype) -> Tensor:
+        """``(1, heads, N, N)`` relative position bias, plus the shift mask for shifted blocks
+        (``(batch*windows, heads, N, N)``). Cached while no gradient is needed."""
+        table = self.attention.self.relative_position_bias_table
+        needs_grad = torch.is_grad_enabled() and table.requires_grad
+        key = (table.data_ptr(), table._version, id(layout), batch, dtype)
+        if not needs_grad and self._bias_cache is not None and self._bias_cache[0] == key:
+            return self._bias_cache[1]
+        # A normal tensor even under inference_mode, so later autograd passes may use it.
+        with torch.inference_mode(False), torch.set_grad_enabled(needs_grad):
+            bias = self.attention.self.relative_position_bias().to(dtype).unsqueeze(0)
+            if layout.shift_mask is not None:
+                bias = bias + layout.shift_mask  # (windows, heads, N, N)
+                if batch > 1:
+                    bias = bias.repeat(batch, 1, 1, 1)
+        if not needs_grad:
+            self._bias_cache = (key, bias)
+        return bias
+
+    def forward(self, hidden_states: Tensor, layout: WindowLayout) -> Tensor:
+        """``(batch, height, width, dim)`` -> same shape; ``layout`` is this block's
+        :class:`WindowLayout` for the map size."""
         batch, height, width, dim = hidden_states.shape
-        ws, shift = self.window_size, self.shift_size
-        windows = self.layernorm_before(hidden_states)
-        pad_h, pad_w = (-height) % ws, (-width) % ws
-        if pad_h or pad_w:
-            windows = F.pad(windows, (0, 0, 0, pad_w, 0, pad_h))
-        padded_h, padded_w = height + pad_h, width + pad_w
-        if shift:
-            windows = torch.roll(windows, shifts=(-shift, -shift), dims=(1, 2))
-        grid_h, grid_w = padded_h // ws, padded_w // ws
-        windows = windows.view(batch, grid_h, ws, grid_w, ws, dim).permute(0, 1, 3, 2, 4, 5)
-        windows = windows.reshape(batch, grid_h * grid_w, ws * ws, dim)
-
-        bias = self.attention.self.relative_position_bias().to(windows.dtype)
-        if shift_mask is not None:
-            bias = bias + shift_mask  # (windows, heads, N, N)
-        attended = self.attention(windows, bias)
-
-        attended = attended.view(batch, grid_h, grid_w, ws, ws, dim).permute(0, 1, 3, 2, 4, 5)
-        attended = attended.reshape(batch, padded_h, padded_w, dim)
-        if shift:
-            attended = torch.roll(attended, shifts=(shift, shift), dims=(1, 2))
-        if pad_h or pad_w:
-            attended = attended[:, :height, :width]
-        hidden_states = hidden_states + self.drop_path(attended)
-        mlp = self.output(self.intermediate(self.layernorm_after(hidden_states)))
-        return hidden_states + mlp
+        tokens = self.window_size * self.window_size
+        flat = hidden_states.reshape(batch, height * width, dim)
+        windows = self.layernorm_before(flat).index_select(1, layout.gather)
+        if layout.padding is not None:
+            windows.index_fill_(1, layout.padding, 0.0)  # the fresh gather output: in place
+        windows = windows.view(batch * layout.num_windows, tokens, dim)
+        bias = self.attention_bias(layout, batch, windows.dtype)
+        context = self.attention.self(windows, bias)
+        context = context.view(batch, layout.num_windows * tokens, dim)
+        # Back to map order (dropping padding) before the output projection: fewer rows.
+        attended = self.attention.output(context.index_select(1, layout.scatter))
+        flat = flat + self.drop_path(attended)
+        mlp = self.output(self.intermediate(self.layernorm_after(flat)))
+        flat = flat + self.drop_path(mlp)
+        return flat.view(batch, height, width, dim)
 
 
 class MaskFormerSwinPatchMerging(nn.Module):
@@ -306,51 +395,61 @@ class MaskFormerSwinStage(nn.Module):
     """``depth`` blocks alternating unshifted / shifted windows, then optional patch merging."""
 
     def __init__(
-        self, config: SwinConfig, dim: int, depth: int, num_heads: int, downsample: bool
+        self,
+        config: SwinConfig,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        downsample: bool,
+        drop_path_rates: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.window_size = config.window_size
         self.shift_size = config.window_size // 2
-        # The reference applies the same rate to every block (no linear schedule).
+        rates = drop_path_rates if drop_path_rates is not None else [0.0] * depth
         self.blocks = nn.ModuleList(
             MaskFormerSwinLayer(
                 config,
                 dim,
                 num_heads,
                 shift_size=0 if index % 2 == 0 else self.shift_size,
-                drop_path_rate=config.drop_path_rate,
+                drop_path_rate=rates[index],
             )
             for index in range(depth)
         )
         self.downsample = MaskFormerSwinPatchMerging(dim) if downsample else None
-        self._mask_cache: tuple[tuple, Tensor | None] | None = None
+        self._layout_cache: dict[int, tuple[tuple, WindowLayout]] = {}
 
-    def shift_mask(self, hidden_states: Tensor) -> Tensor | None:
-        """``(windows, 1, N, N)`` mask for this stage's shifted blocks, cached per size/dtype/device."""
-        if self.shift_size == 0 or len(self.blocks) < 2:
-            return None
+    def layout(self, hidden_states: Tensor, shift: int) -> WindowLayout:
+        """The :class:`WindowLayout` for this map size and ``shift``, cached per
+        size/dtype/device."""
         height, width = hidden_states.shape[1:3]
-        ws = self.window_size
-        padded = (math.ceil(height / ws) * ws, math.ceil(width / ws) * ws)
-        key = (padded, hidden_states.dtype, hidden_states.device)
-        if self._mask_cache is None or self._mask_cache[0] != key:
-            mask = shifted_window_mask(*padded, ws, self.shift_size, *key[1:])
-            self._mask_cache = (key, mask.unsqueeze(1))
-        return self._mask_cache[1]
+        key = (height, width, hidden_states.dtype, hidden_states.device)
+        cached = self._layout_cache.get(shift)
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False):  # normal tensors, usable by autograd later
+                layout = window_layout(height, width, self.window_size, shift, *key[2:])
+            cached = (key, layout)
+            self._layout_cache[shift] = cached
+        return cached[1]
 
     def forward(self, hidden_states: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (stage output before merging, merged input of the next stage)."""
-        shift_mask = self.shift_mask(hidden_states)
         for block in self.blocks:
-            hidden_states = block(hidden_states, shift_mask if block.shift_size else None)
+            hidden_states = block(hidden_states, self.layout(hidden_states, block.shift_size))
         merged = self.downsample(hidden_states) if self.downsample is not None else hidden_states
         return hidden_states, merged
 
 
 class MaskFormerSwinEncoder(nn.Module):
+    """The stages; stochastic depth grows linearly from 0 to ``drop_path_rate`` over all blocks."""
+
     def __init__(self, config: SwinConfig) -> None:
         super().__init__()
         num_stages = len(config.depths)
+        total = sum(config.depths)
+        rates = torch.linspace(0, config.drop_path_rate, total).tolist() if total else []
+        starts = [sum(config.depths[:index]) for index in range(num_stages)]
         self.layers = nn.ModuleList(
             MaskFormerSwinStage(
                 config,
@@ -358,6 +457,7 @@ class MaskFormerSwinEncoder(nn.Module):
                 depth=config.depths[index],
                 num_heads=config.num_heads[index],
                 downsample=index < num_stages - 1,
+                drop_path_rates=rates[starts[index] : starts[index] + config.depths[index]],
             )
             for index in range(num_stages)
         )

@@ -50,7 +50,8 @@ class MaskFormerSinePositionEmbedding(nn.Module):
         key = (height, width, dtype, device)
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._compute(height, width, device).to(dtype)
+            with torch.inference_mode(False):  # a normal tensor, usable by autograd later
+                cached = self._compute(height, width, device).to(dtype)
             self._cache[key] = cached
             while len(self._cache) > self._CACHE_SIZE:
                 self._cache.popitem(last=False)

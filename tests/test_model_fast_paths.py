@@ -1,0 +1,125 @@
+"""Swin fast paths stay correct: caches follow weights and modes; stochastic depth schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskformer.configuration import MaskFormerConfig
+from maskformer.modeling.maskformer import MaskFormerForInstanceSegmentation
+from maskformer.modeling.swin import MaskFormerSwinLayer, window_layout
+
+ALL_STAGES = ["stage1", "stage2", "stage3", "stage4"]
+
+
+def tiny_config(**backbone) -> MaskFormerConfig:
+    backbone_config = {
+        "model_type": "swin",
+        "embed_dim": 16,
+        "depths": [2, 2, 1, 1],
+        "num_heads": [1, 2, 2, 2],
+        "window_size": 4,
+        "out_features": ALL_STAGES,
+    }
+    backbone_config.update(backbone)
+    return MaskFormerConfig(
+        backbone_config=backbone_config,
+        decoder_config={
+            "model_type": "detr",
+            "d_model": 32,
+            "decoder_attention_heads": 2,
+            "decoder_ffn_dim": 64,
+            "decoder_layers": 2,
+            "num_queries": 5,
+        },
+        fpn_feature_size=32,
+        mask_feature_size=32,
+        num_labels=3,
+    )
+
+
+def blocks(model: MaskFormerForInstanceSegmentation) -> list[MaskFormerSwinLayer]:
+    return [m for m in model.modules() if isinstance(m, MaskFormerSwinLayer)]
+
+
+def labels(batch: int, size: int) -> dict:
+    masks = torch.zeros(2, size, size)
+    masks[0, : size // 2] = 1
+    masks[1, size // 2 :] = 1
+    return {"mask_labels": [masks] * batch, "class_labels": [torch.tensor([0, 2])] * batch}
+
+
+def test_window_layout_matches_pad_roll_partition():
+    height, width, ws, shift = 9, 6, 4, 2
+    layout = window_layout(height, width, ws, shift, torch.float32, torch.device("cpu"))
+    values = torch.arange(1, height * width + 1, dtype=torch.float32).view(height, width)
+    padded = torch.nn.functional.pad(values, (0, 2, 0, 3))  # to (12, 8)
+    rolled = torch.roll(padded, shifts=(-shift, -shift), dims=(0, 1))
+    expected = rolled.view(3, ws, 2, ws).permute(0, 2, 1, 3).reshape(-1)
+    gathered = values.reshape(-1)[layout.gather]
+    gathered[layout.padding] = 0
+    assert torch.equal(gathered, expected)
+    assert torch.equal(gathered[layout.scatter], values.reshape(-1))
+    assert layout.num_windows == 6 and layout.shift_mask.shape == (6, 1, 16, 16)
+
+
+def test_fused_qkv_cache_follows_load_state_dict_and_optimizer_steps():
+    torch.manual_seed(0)
+    model = MaskFormerForInstanceSegmentation(tiny_config()).eval()
+    other = MaskFormerForInstanceSegmentation(tiny_config()).eval()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(pixel_values)  # fills the caches
+        other_out = other(pixel_values).masks_queries_logits
+        model.load_state_dict(other.state_dict())
+        assert torch.allclose(model(pixel_values).masks_queries_logits, other_out, atol=1e-6)
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(pixel_values, **labels(1, 64)).loss.backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        cached = model(pixel_values).masks_queries_logits
+        for block in blocks(model):  # drop every cache: recomputed from the current weights
+            block.attention.self._qkv_cache = None
+            block._bias_cache = None
+        fresh = model(pixel_values).masks_queries_logits
+    assert not torch.allclose(cached, other_out, atol=1e-4)  # the step changed the outputs
+    assert torch.equal(cached, fresh)
+
+
+def test_inference_mode_caches_do_not_break_later_training():
+    torch.manual_seed(0)
+    model = MaskFormerForInstanceSegmentation(tiny_config()).eval()
+    pixel_values = torch.randn(2, 3, 48, 48)
+    with torch.inference_mode():
+        model(pixel_values)
+    model.train()
+    loss = model(pixel_values, **labels(2, 48)).loss
+    loss.backward()
+    table = blocks(model)[1].attention.self.relative_position_bias_table
+    query = blocks(model)[1].attention.self.query.weight
+    assert table.grad is not None and query.grad is not None and query.grad.abs().sum() > 0
+
+
+def test_drop_path_follows_the_linear_schedule():
+    config = tiny_config(drop_path_rate=0.3)
+    model = MaskFormerForInstanceSegmentation(config)
+    rates = [block.drop_path.drop_prob for block in blocks(model)]
+    expected = torch.linspace(0, 0.3, sum(config.backbone_config.depths)).tolist()
+    assert rates == pytest.approx(expected)
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3)
+
+
+def test_drop_path_drops_both_branches_in_training_only():
+    torch.manual_seed(0)
+    model = MaskFormerForInstanceSegmentation(tiny_config(drop_path_rate=1.0))
+    last = blocks(model)[-1]
+    layout = model.model.pixel_level_module.encoder.model.encoder.layers[-1].layout
+    hidden = torch.randn(2, 3, 5, 128)  # last stage: 16 * 2**3 channels
+    last.train()
+    # Rate 1.0: both residual branches vanish, the block is the identity.
+    assert torch.equal(last(hidden, layout(hidden, last.shift_size)), hidden)
+    last.eval()
+    assert not torch.allclose(last(hidden, layout(hidden, last.shift_size)), hidden)
