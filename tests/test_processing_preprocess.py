@@ -284,6 +284,14 @@ def test_grayscale_and_rgba_become_rgb():
         (lambda p, i, m: p(i, np.zeros((2, 2, 8, 9), np.uint8)), "segmentation_maps"),
         (lambda p, i, m: p("not an image"), "images"),
         (lambda p, i, m: p(i, m.astype(np.float32) + 0.5), "segmentation_maps"),
+        (lambda p, i, m: p([], []), "`images` is empty"),
+        (lambda p, i, m: p([i], []), "`segmentation_maps` is empty"),
+        # Raised by the label encoding, which runs in a background thread.
+        (
+            lambda p, i, m: MaskFormerImageProcessor()(i, m, do_reduce_labels=True),
+            "ignore_index",
+        ),
+        (lambda p, i, m: p(i, m, instance_id_to_semantic_id=[{}, {}]), "instance_id"),
     ],
 )
 def test_bad_input_raises_naming_the_argument(call, match):
@@ -392,3 +400,30 @@ def test_missing_local_path_raises_without_touching_the_hub(tmp_path):
         MaskFormerImageProcessor.from_pretrained(tmp_path / "nowhere" / "else")
     with pytest.raises(FileNotFoundError):
         MaskFormerImageProcessor.from_pretrained("./not-here")
+
+
+@pytest.fixture
+def two_torch_threads():
+    """Two torch threads: label maps are then encoded in a background thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_background_label_encoding_matches_reference(hf, two_torch_threads):
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(30, 40), (44, 28)]]
+    maps = [rng.integers(0, 6, image.shape[:2]).astype(np.uint8) for image in images]
+    for kwargs in ({"ignore_index": 255}, {"ignore_index": 255, "do_reduce_labels": True}):
+        ours = MaskFormerImageProcessor(size=64)(images, maps, return_tensors="pt", **kwargs)
+        theirs = _reference(hf, size=64)(images, maps, return_tensors="pt", **kwargs)
+        assert_same_batch(ours, theirs)
+
+
+def test_background_label_encoding_raises_naming_the_argument(two_torch_threads):
+    image, label_map = np.zeros((8, 9, 3), np.uint8), np.ones((8, 9), np.uint8)
+    with pytest.raises(ValueError, match="ignore_index"):
+        MaskFormerImageProcessor()(image, label_map, do_reduce_labels=True)
+    with pytest.raises(ValueError, match="instance_id"):
+        MaskFormerImageProcessor()(image, label_map, instance_id_to_semantic_id=[{}, {}])

@@ -9,11 +9,12 @@ binary ``mask_labels`` and ``class_labels``. Post-processing lives in ``postproc
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ def _as_list(values: Any, name: str, single_ndim: int) -> list[Any]:
             raise ValueError(
                 f"`{name}` must be PIL images, numpy arrays or torch tensors (or lists of them)"
             )
+        if not values:
+            raise ValueError(f"`{name}` is empty")
         return list(values)
     if isinstance(values, Image.Image):
         return [values]
@@ -687,15 +690,16 @@ class MaskFormerImageProcessor:
                         f"`segmentation_maps[{index}]` has size {label_map.shape}, but its image "
                         f"has size {tuple(image_size)}"
                     )
-        if do_resize:
-            out_sizes = [get_output_size(h, w, size, size_divisor) for h, w in sizes]
-            rgb_images = [
-                _pil_resize(image, s, resample) for image, s in zip(rgb_images, out_sizes)
-            ]
-            if label_maps is not None:
-                label_maps = [_resize_label_map(m, s) for m, s in zip(label_maps, out_sizes)]
-        else:
-            rgb_images = [np.asarray(image) for image in rgb_images]
+        out_sizes = (
+            [get_output_size(h, w, size, size_divisor) for h, w in sizes] if do_resize else sizes
+        )
+        if do_resize and label_maps is not None:
+            label_maps = [_resize_label_map(m, s) for m, s in zip(label_maps, out_sizes)]
+
+        def prepare_images() -> list[np.ndarray]:
+            if not do_resize:
+                return [np.asarray(image) for image in rgb_images]
+            return [_pil_resize(image, s, resample) for image, s in zip(rgb_images, out_sizes)]
 
         mean32 = _channel_stats(image_mean, "image_mean") if do_normalize else None
         std32 = _channel_stats(image_std, "image_std") if do_normalize else None
@@ -715,7 +719,7 @@ class MaskFormerImageProcessor:
             out[...] = values
 
         return self._assemble(
-            rgb_images,
+            prepare_images,
             write,
             label_maps,
             instance_id_to_semantic_id,
@@ -727,7 +731,7 @@ class MaskFormerImageProcessor:
 
     def _assemble(
         self,
-        images: list[np.ndarray],
+        prepare_images: Callable[[], list[np.ndarray]],
         write: Any,
         label_maps: list[np.ndarray] | None,
         instance_id_to_semantic_id: Any,
@@ -736,8 +740,40 @@ class MaskFormerImageProcessor:
         return_tensors: str | None,
         data_format: str,
     ) -> BatchFeature:
-        """Pad ``images`` (``(h, w, 3)`` arrays, converted by ``write(image, out_chw)``) into one
-        batch with its pixel mask, and encode the label maps at the padded size."""
+        """Pad the images of ``prepare_images()`` (``(h, w, 3)`` arrays, converted by
+        ``write(image, out_chw)``) into one batch with its pixel mask, and encode the label maps
+        (each the size of its image) at the padded size.
+
+        With more than one torch thread, the label maps are encoded in a background thread
+        while the images are prepared and written: both are bound by numpy / PIL kernels that
+        release the GIL."""
+        encode_labels = None
+        if label_maps is not None:
+            padded_size = tuple(np.max([m.shape for m in label_maps], axis=0).tolist())
+            encode_labels = functools.partial(
+                self._encode_labels,
+                label_maps,
+                instance_id_to_semantic_id,
+                ignore_index,
+                reduce_labels,
+                padded_size,
+            )
+        with ThreadPoolExecutor(max_workers=1) as background:
+            labels = None
+            if encode_labels is not None and torch.get_num_threads() > 1:
+                labels = background.submit(encode_labels)
+            data = self._pad_images(prepare_images(), write, return_tensors, data_format)
+            if encode_labels is not None:
+                encoded = encode_labels() if labels is None else labels.result()
+                data["mask_labels"], data["class_labels"] = encoded
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _pad_images(
+        images: list[np.ndarray], write: Any, return_tensors: str | None, data_format: str
+    ) -> dict[str, Any]:
+        """``pixel_values`` (``images`` converted by ``write`` and zero padded to the largest)
+        and ``pixel_mask`` (1 = real pixel), batched or as lists."""
         heights = [image.shape[0] for image in images]
         widths = [image.shape[1] for image in images]
         pad_h, pad_w = max(heights), max(widths)
@@ -752,15 +788,10 @@ class MaskFormerImageProcessor:
         )
         if data_format == CHANNELS_LAST:
             pixel_values = np.ascontiguousarray(pixel_values.transpose(0, 2, 3, 1))
-        data: dict[str, Any] = {
+        return {
             "pixel_values": pixel_values if return_tensors else list(pixel_values),
             "pixel_mask": pixel_mask if return_tensors else list(pixel_mask),
         }
-        if label_maps is not None:
-            data["mask_labels"], data["class_labels"] = self._encode_labels(
-                label_maps, instance_id_to_semantic_id, ignore_index, reduce_labels, (pad_h, pad_w)
-            )
-        return BatchFeature(data, tensor_type=return_tensors)
 
     @staticmethod
     def _encode_labels(
@@ -891,7 +922,7 @@ class MaskFormerImageProcessor:
             out[...] = image.transpose(2, 0, 1)
 
         return self._assemble(
-            [image.transpose(1, 2, 0) for image in chw],
+            lambda: [image.transpose(1, 2, 0) for image in chw],
             write,
             label_maps,
             instance_id_to_semantic_id,
