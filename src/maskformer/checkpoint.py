@@ -13,14 +13,13 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from maskformer.configuration import CONFIG_NAME, MaskFormerConfig
+from maskformer.configuration import CONFIG_NAME, MaskFormerConfig, atomic_write_file
 from maskformer.modeling.initialization import no_init_weights
 
 if TYPE_CHECKING:
@@ -42,7 +41,6 @@ _HARMLESS_MISSING_SUFFIXES = (
     "relative_position_index",
     "criterion.empty_weight",
 )
-_HEAD_PREFIXES = ("class_predictor.", "mask_embedder.", "criterion.", "matcher.")
 _HUB_KWARGS = ("cache_dir", "force_download", "revision", "token", "local_files_only", "proxies")
 
 
@@ -194,27 +192,30 @@ def _reinitialise(model: MaskFormerPreTrainedModel, keys: list[str]) -> None:
 # ---------------------------------------------------------------------- public entry points
 
 
+def _as_dtype(value: Any) -> torch.dtype | None:
+    """``value`` if it is a ``torch.dtype``, the dtype it names (``"float16"``), else None."""
+    if isinstance(value, torch.dtype):
+        return value
+    named = getattr(torch, value, None) if isinstance(value, str) else None
+    return named if isinstance(named, torch.dtype) else None
+
+
 def _resolve_dtype(
     torch_dtype: Any, config: MaskFormerConfig, state_dict: dict[str, Tensor]
 ) -> torch.dtype | None:
     if torch_dtype is None:
         return None
-    if isinstance(torch_dtype, torch.dtype):
-        return torch_dtype
     if torch_dtype == "auto":
-        configured = getattr(config, "torch_dtype", None)
-        if isinstance(configured, str) and isinstance(
-            getattr(torch, configured, None), torch.dtype
-        ):
-            return getattr(torch, configured)
-        if isinstance(configured, torch.dtype):
+        configured = _as_dtype(getattr(config, "torch_dtype", None))
+        if configured is not None:
             return configured
         for tensor in state_dict.values():
             if tensor.is_floating_point():
                 return tensor.dtype
         return None
-    if isinstance(torch_dtype, str) and isinstance(getattr(torch, torch_dtype, None), torch.dtype):
-        return getattr(torch, torch_dtype)
+    dtype = _as_dtype(torch_dtype)
+    if dtype is not None:
+        return dtype
     raise ValueError(
         f"torch_dtype must be a torch.dtype, a dtype name or 'auto', got {torch_dtype!r}"
     )
@@ -278,10 +279,11 @@ def load_pretrained(
         for key, tensor in expected.items()
         if key in state_dict and state_dict[key].shape != tensor.shape
     ]
+    mismatch_listing = "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched)
     if mismatched and not ignore_mismatched_sizes:
-        listing = "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched)
         raise ValueError(
-            f"weights in {str(pretrained_model_name_or_path)!r} do not fit the model: {listing}. "
+            f"weights in {str(pretrained_model_name_or_path)!r} do not fit the model: "
+            f"{mismatch_listing}. "
             "Pass ignore_mismatched_sizes=True to re-initialise these layers instead."
         )
     mismatched_keys = {key for key, _, _ in mismatched}
@@ -294,13 +296,10 @@ def load_pretrained(
         del state_dict[key]
     model.load_state_dict(state_dict, strict=False)
 
-    to_initialise = [k for k in missing if not _is_harmless_missing(k)] + [
-        k for k, _, _ in mismatched
-    ]
-    rebuilt = [k for k in missing if k.endswith("criterion.empty_weight")]
-    _reinitialise(model, to_initialise + rebuilt)
-
     reported_missing = [k for k in missing if not _is_harmless_missing(k)]
+    rebuilt = [k for k in missing if k.endswith("criterion.empty_weight")]
+    _reinitialise(model, reported_missing + [k for k, _, _ in mismatched] + rebuilt)
+
     if reported_missing:
         logger.warning(
             "Some weights of %s were not in the checkpoint %s and are newly initialised: %s",
@@ -321,22 +320,10 @@ def load_pretrained(
             "checkpoint %s: %s",
             model_class.__name__,
             pretrained_model_name_or_path,
-            "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched),
+            mismatch_listing,
         )
     model.eval()
     return model
-
-
-def _atomic_save(path: Path, write: Any) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
 
 
 def save_pretrained(
@@ -367,11 +354,11 @@ def save_pretrained(
         from safetensors.torch import save_file
 
         target = directory / SAFE_WEIGHTS_NAME
-        _atomic_save(target, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        atomic_write_file(target, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         stale = (WEIGHTS_NAME, WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_INDEX_NAME)
     else:
         target = directory / WEIGHTS_NAME
-        _atomic_save(target, lambda tmp: torch.save(tensors, tmp))
+        atomic_write_file(target, lambda tmp: torch.save(tensors, tmp))
         stale = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME)
     # Weights of the other format would shadow (or be shadowed by) the new file: remove them.
     for name in stale:

@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -323,17 +324,23 @@ def _nested_diff(
     return diff
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def atomic_write_file(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(temporary_path)`` on a file beside ``path``, then move it onto ``path``, so an
+    interrupted write never leaves a truncated file (the temporary file is removed on error)."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        write(tmp_name)
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_file(path, lambda tmp_name: Path(tmp_name).write_text(text, encoding="utf-8"))
 
 
 def resolve_file(path_or_hub_id: str | os.PathLike, filename: str) -> str:
@@ -651,24 +658,20 @@ def _sub_config(
     """A nested config object from a dict (not modified) or an object, checking its type."""
     if isinstance(value, BaseConfig):
         model_type = type(value).model_type
-        if model_type not in classes:
-            raise ValueError(
-                f"{kind} {model_type!r} is not supported; use one of {sorted(classes)}"
-            )
-        return value
-    if isinstance(value, dict):
+    elif isinstance(value, dict):
         if "model_type" not in value:
             raise ValueError(
                 f"{argument} dict has no 'model_type' key; it must name one of {sorted(classes)}"
             )
         model_type = value["model_type"]
-        if model_type not in classes:
-            raise ValueError(
-                f"{kind} {model_type!r} is not supported; use one of {sorted(classes)}"
-            )
-        fields = {k: v for k, v in value.items() if k != "model_type"}
-        return classes[model_type].from_dict(fields)
-    raise TypeError(f"{argument} must be a dict or a config object, got {type(value).__name__}")
+    else:
+        raise TypeError(f"{argument} must be a dict or a config object, got {type(value).__name__}")
+    if model_type not in classes:
+        raise ValueError(f"{kind} {model_type!r} is not supported; use one of {sorted(classes)}")
+    if isinstance(value, BaseConfig):
+        return value
+    fields = {k: v for k, v in value.items() if k != "model_type"}
+    return classes[model_type].from_dict(fields)
 
 
 def _default_backbone_config() -> SwinConfig:

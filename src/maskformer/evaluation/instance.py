@@ -66,6 +66,35 @@ def _compressed_rle(rle: Mapping[str, Any], height: int, width: int) -> dict[str
     return {"size": [height, width], "counts": rle["counts"]}
 
 
+def _coco_annotation(entry: Mapping[str, Any], number: int, image_number: int) -> dict[str, Any]:
+    """A record's ground-truth or detection entry as a COCO annotation (id ``number`` > 0, as
+    COCOeval needs) of image ``image_number``, with the ``area`` and ``bbox`` of its RLE."""
+    from pycocotools import mask as mask_utils
+
+    rle = entry["segmentation"]
+    return {
+        **entry,
+        "id": number,
+        "image_id": image_number,
+        "area": float(mask_utils.area(rle)),
+        "bbox": list(mask_utils.toBbox(rle)),
+    }
+
+
+def _coco_index(
+    images: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+    categories: list[dict[str, Any]],
+) -> Any:
+    """An in-memory pycocotools ``COCO`` over these images, annotations and categories."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    coco.createIndex()
+    return coco
+
+
 class InstanceSegmentationMetric:
     """Accumulates per-image ground truth and detections and reports COCO mask AP.
 
@@ -208,8 +237,8 @@ class InstanceSegmentationMetric:
         self._records.append(
             {
                 "image_id": image_id,
-                "height": int(height),
-                "width": int(width),
+                "height": height,
+                "width": width,
                 "gt": [
                     {
                         "segmentation": _compressed_rle(a["segmentation"], height, width),
@@ -249,8 +278,6 @@ class InstanceSegmentationMetric:
             nothing to average, e.g. no ground truth), ``"per_class_AP"``: ``{category id: AP or
             NaN}``, and ``"num_images"``.
         """
-        from pycocotools import mask as mask_utils
-        from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
         records = self._all_records()
@@ -268,48 +295,15 @@ class InstanceSegmentationMetric:
         for number, record in enumerate(records, start=1):
             images.append({"id": number, "height": record["height"], "width": record["width"]})
             for annotation in record["gt"]:
-                rle = annotation["segmentation"]
-                gt_annotations.append(
-                    {
-                        "id": len(gt_annotations) + 1,  # COCOeval needs ids > 0
-                        "image_id": number,
-                        "category_id": annotation["category_id"],
-                        "iscrowd": annotation["iscrowd"],
-                        "segmentation": rle,
-                        "area": float(mask_utils.area(rle)),
-                        "bbox": list(mask_utils.toBbox(rle)),
-                    }
-                )
+                gt_annotations.append(_coco_annotation(annotation, len(gt_annotations) + 1, number))
             for detection in record["detections"]:
-                rle = detection["segmentation"]
                 detections.append(
-                    {
-                        "id": len(detections) + 1,
-                        "image_id": number,
-                        "category_id": detection["category_id"],
-                        "score": detection["score"],
-                        "iscrowd": 0,
-                        "segmentation": rle,
-                        "area": float(mask_utils.area(rle)),
-                        "bbox": list(mask_utils.toBbox(rle)),
-                    }
+                    _coco_annotation({**detection, "iscrowd": 0}, len(detections) + 1, number)
                 )
         categories = [{"id": c} for c in category_ids]
         with contextlib.redirect_stdout(io.StringIO()):
-            ground_truth = COCO()
-            ground_truth.dataset = {
-                "images": images,
-                "annotations": gt_annotations,
-                "categories": categories,
-            }
-            ground_truth.createIndex()
-            results = COCO()
-            results.dataset = {
-                "images": images,
-                "annotations": detections,
-                "categories": categories,
-            }
-            results.createIndex()
+            ground_truth = _coco_index(images, gt_annotations, categories)
+            results = _coco_index(images, detections, categories)
             evaluator = COCOeval(ground_truth, results, iouType="segm")
             evaluator.params.catIds = category_ids
             evaluator.params.maxDets = [1, 10, self.max_detections]

@@ -121,8 +121,9 @@ class SemanticSegmentationMetric:
         num_classes = self.num_classes
         valid = target != self.ignore_index
         pred, target = pred[valid], target[valid]
-        if ((target < 0) | (target >= num_classes)).any():
-            bad = target[(target < 0) | (target >= num_classes)].unique()[:10].tolist()
+        out_of_range = (target < 0) | (target >= num_classes)
+        if out_of_range.any():
+            bad = target[out_of_range].unique()[:10].tolist()
             raise ValueError(
                 f"targets hold class ids {bad} outside [0, {num_classes}) that are not the "
                 f"ignore_index {self.ignore_index}"

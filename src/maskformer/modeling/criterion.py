@@ -26,15 +26,13 @@ from torch import nn
 from maskformer.modeling.matcher import (
     FOCAL_ALPHA,
     FOCAL_GAMMA,
+    PADDED_TARGET_VALUE,
     MaskFormerHungarianMatcher,
     check_loss_inputs,
     split_valid_targets,
 )
 
 Indices = list[tuple[torch.Tensor, torch.Tensor]]
-
-# Value given to padded target pixels when images in a batch carry targets of different sizes.
-PADDED_TARGET_VALUE = 255.0
 
 
 def sigmoid_focal_loss(

@@ -156,6 +156,9 @@ class MaskFormerPixelLevelModule(nn.Module):
     def forward(
         self, pixel_values: Tensor, output_hidden_states: bool = False
     ) -> MaskFormerPixelLevelModuleOutput:
+        """``pixel_values`` ``(batch, channels, height, width)`` -> the last backbone map
+        ``(batch, C, height/32, width/32)`` and the mask features
+        ``(batch, mask_feature_size, height/4, width/4)`` (plus hidden states when asked)."""
         features = self.encoder(pixel_values).feature_maps
         decoded = self.decoder(list(features), output_hidden_states=output_hidden_states)
         return MaskFormerPixelLevelModuleOutput(
@@ -247,6 +250,22 @@ class MaskFormerPreTrainedModel(nn.Module):
         elif isinstance(module, nn.LayerNorm):
             module.weight.fill_(1.0)
             module.bias.zero_()
+
+    def _output_flags(
+        self,
+        output_hidden_states: bool | None,
+        output_attentions: bool | None,
+        return_dict: bool | None,
+    ) -> tuple[bool, bool, bool]:
+        """The forward flags, each taken from the config where the caller passed ``None``."""
+        config = self.config
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = config.output_attentions
+        if return_dict is None:
+            return_dict = config.use_return_dict
+        return bool(output_hidden_states), bool(output_attentions), bool(return_dict)
 
     def gradient_checkpointing_enable(self, *args: Any, **kwargs: Any) -> None:
         raise ValueError(f"{type(self).__name__} does not support gradient checkpointing.")
@@ -342,15 +361,10 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
     ) -> MaskFormerModelOutput | tuple[Tensor, ...]:
         """``pixel_values`` ``(batch, channels, height, width)``; ``pixel_mask`` is accepted and
         ignored, like the reference."""
-        config = self.config
-        output_hidden_states = (
-            config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
         )
-        output_attentions = (
-            config.output_attentions if output_attentions is None else output_attentions
-        )
-        return_dict = config.use_return_dict if return_dict is None else return_dict
-        output, _ = self._run(pixel_values, bool(output_hidden_states), bool(output_attentions))
+        output, _ = self._run(pixel_values, output_hidden_states, output_attentions)
         return output if return_dict else output.to_tuple()
 
 
@@ -431,18 +445,11 @@ class MaskFormerForInstanceSegmentation(MaskFormerPreTrainedModel):
         ``(n_i, H, W)`` float, 1 = in, 0 = out, other = ignored) and ``class_labels`` (list of
         ``(n_i,)`` int64). ``pixel_mask`` is accepted and ignored, like the reference."""
         config = self.config
-        output_hidden_states = (
-            config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
         )
-        output_attentions = (
-            config.output_attentions if output_attentions is None else output_attentions
-        )
-        return_dict = config.use_return_dict if return_dict is None else return_dict
-        output_auxiliary_logits = (
-            config.output_auxiliary_logits
-            if output_auxiliary_logits is None
-            else output_auxiliary_logits
-        )
+        if output_auxiliary_logits is None:
+            output_auxiliary_logits = config.output_auxiliary_logits
         # A stacked tensor is accepted as the list of its entries (the reference iterates it too).
         if isinstance(mask_labels, Tensor):
             mask_labels = list(mask_labels)
@@ -458,8 +465,8 @@ class MaskFormerForInstanceSegmentation(MaskFormerPreTrainedModel):
         use_auxiliary = bool(config.use_auxiliary_loss)
         outputs, auxiliary_states = self.model._run(
             pixel_values,
-            bool(output_hidden_states),
-            bool(output_attentions),
+            output_hidden_states,
+            output_attentions,
             output_auxiliary_states=use_auxiliary,
         )
         queries = outputs.transformer_decoder_last_hidden_state
@@ -468,7 +475,7 @@ class MaskFormerForInstanceSegmentation(MaskFormerPreTrainedModel):
         masks_queries_logits = self.mask_logits(queries, pixel_embeddings)
 
         auxiliary_logits: list[dict[str, Tensor]] = []
-        if use_auxiliary and auxiliary_states:
+        if auxiliary_states:
             stacked = torch.stack(auxiliary_states)  # (L-1, batch, Q, d)
             auxiliary_classes = self.class_predictor(stacked)
             auxiliary_masks = self.mask_logits(stacked, pixel_embeddings)
@@ -484,7 +491,7 @@ class MaskFormerForInstanceSegmentation(MaskFormerPreTrainedModel):
                 class_queries_logits,
                 mask_labels,
                 class_labels,
-                auxiliary_logits if use_auxiliary else None,
+                auxiliary_logits,
             )
             loss = self.get_loss(loss_dict)
 

@@ -24,6 +24,8 @@ FOCAL_GAMMA = 2.0
 # Stand-in for NaN/inf costs: large enough to never be chosen over a real cost, small enough that
 # scipy's float64 potentials stay finite.
 INVALID_COST = 1e12
+# Value given to target pixels that take no part in the mask terms (padding, ignored regions).
+PADDED_TARGET_VALUE = 255.0
 
 
 def split_valid_targets(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +49,9 @@ def check_loss_inputs(
     mask_labels: Sequence[torch.Tensor],
     class_labels: Sequence[torch.Tensor],
 ) -> None:
+    """Raise ``ValueError`` unless the logits are ``(batch, queries, height, width)`` and
+    ``(batch, queries, num_labels + 1)`` and the label lists hold, per image, ``(n_i, H_i, W_i)``
+    masks and ``(n_i,)`` classes."""
     if masks_queries_logits.ndim != 4:
         raise ValueError(
             "masks_queries_logits must have shape (batch, queries, height, width), got "
@@ -118,7 +123,10 @@ class MaskFormerHungarianMatcher(nn.Module):
 
         # Targets at the prediction resolution, padded with ignored masks to max_targets per image.
         targets = torch.full(
-            (batch, max_targets, height * width), 255.0, dtype=torch.float32, device=device
+            (batch, max_targets, height * width),
+            PADDED_TARGET_VALUE,
+            dtype=torch.float32,
+            device=device,
         )
         labels = torch.zeros((batch, max_targets), dtype=torch.int64, device=device)
         for index, (masks, classes) in enumerate(zip(mask_labels, class_labels)):

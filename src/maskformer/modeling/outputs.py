@@ -98,7 +98,8 @@ class MaskFormerPixelLevelModuleOutput(ModelOutput):
 @dataclass(eq=False)
 class DetrDecoderOutput(ModelOutput):
     """``last_hidden_state`` ``(batch, queries, d_model)``; ``hidden_states`` has ``layers + 1``
-    entries; ``attentions`` / ``cross_attentions`` one map per layer; ``intermediate_hidden_states``
+    entries; ``attentions`` one ``(batch, heads, queries, queries)`` self-attention map per layer;
+    ``cross_attentions`` is never filled (MaskFormer does not read it); ``intermediate_hidden_states``
     ``(layers, batch, queries, d_model)`` when ``decoder_config.auxiliary_loss`` is set."""
 
     last_hidden_state: Tensor | None = None

@@ -73,6 +73,8 @@ class MaskFormerPixelDecoder(nn.Module):
     def forward(
         self, features: list[Tensor], output_hidden_states: bool = False
     ) -> MaskFormerPixelDecoderOutput:
+        """``features``: backbone maps in stride order, each ``(batch, C_i, H_i, W_i)`` ->
+        mask features ``(batch, mask_feature_size, H_0, W_0)`` at the finest map's size."""
         if torch.is_grad_enabled():
             # Swin maps arrive channels_last; that suits the convolutions, but GroupNorm's
             # backward on channels_last is slow on CPU, so training runs the FPN in NCHW.

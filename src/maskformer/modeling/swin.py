@@ -307,7 +307,7 @@ def window_layout(
     positions = torch.arange(source.numel(), device=device)
     scatter = torch.empty(height * width, dtype=torch.int64, device=device)
     scatter[source[inside]] = positions[inside]
-    padding = None if bool(inside.all()) else positions[~inside]
+    padding = None if (padded_h, padded_w) == (height, width) else positions[~inside]
     shift_mask = None
     if shift:
         shift_mask = shifted_window_mask(padded_h, padded_w, ws, shift, dtype, device).unsqueeze(1)

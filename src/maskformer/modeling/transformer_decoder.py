@@ -209,7 +209,10 @@ class DetrDecoder(nn.Module):
         output_hidden_states: bool = False,
         output_auxiliary_states: bool = False,
     ) -> tuple[DetrDecoderOutput, list[Tensor]]:
-        """Returns the decoder output and, with ``output_auxiliary_states``, the final-layernormed
+        """``inputs_embeds`` / ``query_position`` ``(batch, Q, d)``; ``memory`` ``(batch, h*w, d)``
+        image features and ``memory_position`` their position embedding (broadcastable to it).
+
+        Returns the decoder output and, with ``output_auxiliary_states``, the final-layernormed
         outputs of layers ``0 .. L-2`` (each ``(batch, Q, d)``) for auxiliary predictions."""
         keep_normed_running_state = bool(self.config.auxiliary_loss)
         hidden_states = inputs_embeds
