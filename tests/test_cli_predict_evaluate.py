@@ -320,44 +320,27 @@ def test_evaluate_semantic_model_and_prediction_files_agree(
     assert code == 0, err
     assert "mIoU" in table and "pixel_accuracy" in table
     from_files = tmp_path / "files.json"
-    code, _, err = _run(
-        [
-            "evaluate",
-            "--predictions",
-            str(ade_predictions),
-            "--data",
-            str(ADE),
-            "--format",
-            "ade20k",
-            "--task",
-            "semantic",
-            "--output",
-            str(from_files),
-        ],
-        capsys,
-    )
+    from_files_argv = [
+        "evaluate",
+        "--predictions",
+        str(ade_predictions),
+        "--data",
+        str(ADE),
+        "--format",
+        "ade20k",
+        "--task",
+        "semantic",
+        "--output",
+        str(from_files),
+    ]
+    code, _, err = _run(from_files_argv, capsys)
     assert code == 0, err
     model_figures = json.loads(from_model.read_text())
     file_figures = json.loads(from_files.read_text())
     assert 0.0 <= model_figures["mIoU"] <= 1.0 and model_figures["num_images"] == 3
     assert model_figures["mIoU"] == pytest.approx(file_figures["mIoU"])
     assert model_figures["pixel_accuracy"] == pytest.approx(file_figures["pixel_accuracy"])
-    code, _, err = _run(
-        [
-            "evaluate",
-            "--predictions",
-            str(ade_predictions),
-            "--data",
-            str(ADE),
-            "--format",
-            "ade20k",
-            "--task",
-            "semantic",
-            "--output",
-            str(from_files),
-        ],
-        capsys,
-    )
+    code, _, err = _run(from_files_argv, capsys)
     assert code == 2 and "already exists" in err
 
 

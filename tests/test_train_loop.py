@@ -295,26 +295,32 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     assert resumed.step == step + 2 and (out / "final").is_dir()
 
 
+class _EditedSynthetic(torch.utils.data.Dataset):
+    """8 synthetic 32-px samples with some entries replaced: ``key=function(sample)``."""
+
+    def __init__(self, id2label, **edits):
+        self.id2label = id2label
+        self.inner = synthetic_dataset(8, 32)
+        self.edits = edits
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, index):
+        sample = dict(self.inner[index])
+        for key, edit in self.edits.items():
+            sample[key] = edit(sample)
+        return sample
+
+
 def test_fine_tune_a_local_checkpoint_on_a_new_label_set(tmp_path, capsys):
     first = train(
         quick_args(tmp_path / "base", max_steps=1), train_dataset=synthetic_dataset(8, 32)
     )
     two_labels = {0: "background", 1: "thing"}
-
-    class _TwoClasses(torch.utils.data.Dataset):
-        id2label = two_labels
-
-        def __init__(self):
-            self.inner = synthetic_dataset(8, 32)
-
-        def __len__(self):
-            return len(self.inner)
-
-        def __getitem__(self, index):
-            sample = dict(self.inner[index])
-            sample["class_labels"] = (sample["class_labels"] > 0).long()
-            return sample
-
+    two_classes = _EditedSynthetic(
+        two_labels, class_labels=lambda sample: (sample["class_labels"] > 0).long()
+    )
     tuned = train(
         quick_args(
             tmp_path / "tuned",
@@ -323,7 +329,7 @@ def test_fine_tune_a_local_checkpoint_on_a_new_label_set(tmp_path, capsys):
             ignore_mismatched_sizes=True,
             max_steps=2,
         ),
-        train_dataset=_TwoClasses(),
+        train_dataset=two_classes,
     )
     model = MaskFormerForInstanceSegmentation.from_pretrained(tuned.final_model_dir)
     assert model.config.id2label == two_labels
@@ -353,21 +359,24 @@ def test_fine_tune_a_local_checkpoint_on_a_new_label_set(tmp_path, capsys):
     assert code == 2 and "neither a preset" in capsys.readouterr().err
 
 
+def test_a_hub_id_is_fetched_from_the_hub_not_refused_as_a_missing_folder(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    argv = ["--model", "someone/not-cached", "--data-format", "synthetic", "--no-progress"]
+    code = run_train_from_args(_parse([*argv, "--output-dir", str(tmp_path / "out")]))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "Hugging Face hub" in err and "neither a preset" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_nan_loss_stops_the_run_and_names_the_last_checkpoint(tmp_path):
-    class _Poisoned(torch.utils.data.Dataset):
-        id2label = {0: "background", 1: "disc", 2: "square", 3: "triangle"}
-
-        def __init__(self):
-            self.inner = synthetic_dataset(8, 32)
-
-        def __len__(self):
-            return len(self.inner)
-
-        def __getitem__(self, index):
-            sample = dict(self.inner[index])
-            sample["pixel_values"] = torch.full_like(sample["pixel_values"], float("nan"))
-            return sample
-
+    poisoned = _EditedSynthetic(
+        {0: "background", 1: "disc", 2: "square", 3: "triangle"},
+        pixel_values=lambda sample: torch.full_like(sample["pixel_values"], float("nan")),
+    )
     with pytest.raises(FloatingPointError, match="NaN or infinite before step 1"):
-        train(quick_args(tmp_path), train_dataset=_Poisoned())
+        train(quick_args(tmp_path), train_dataset=poisoned)
     assert checkpointing.list_checkpoints(tmp_path) == []

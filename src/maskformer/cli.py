@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -136,6 +137,18 @@ def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of :func:`_add_runtime_arguments` that ``predict`` and ``evaluate`` share
+    (device and dtype are the model loader's)."""
+    return {
+        "batch_size": args.batch_size,
+        "threshold": args.threshold,
+        "mask_threshold": args.mask_threshold,
+        "overlap_mask_area_threshold": args.overlap_mask_area_threshold,
+        "progress": not args.no_progress,
+    }
+
+
 # ------------------------------------------------------------------------------------ handlers
 def _load(args: argparse.Namespace):
     import torch
@@ -158,14 +171,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     options = PredictOptions(
         task=args.task,
         output_dir=args.output_dir,
-        batch_size=args.batch_size,
-        threshold=args.threshold,
-        mask_threshold=args.mask_threshold,
-        overlap_mask_area_threshold=args.overlap_mask_area_threshold,
         label_ids_to_fuse=set(args.fuse_labels or ()),
         overlay=not args.no_overlay,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        **_runtime_options(args),
     )
     paths = collect_image_paths(args.inputs)
     check_no_overwrite(paths, options)  # before the (slow) model load
@@ -195,16 +204,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     options = EvaluateOptions(
         task=args.task,
         data_format=args.format,
-        batch_size=args.batch_size,
-        threshold=args.threshold,
-        mask_threshold=args.mask_threshold,
-        overlap_mask_area_threshold=args.overlap_mask_area_threshold,
         reduce_labels=not args.no_reduce_labels,
         max_images=args.max_images,
         annotations=args.annotations,
         image_dir=args.image_dir,
         panoptic_dir=args.panoptic_dir,
-        progress=not args.no_progress,
+        **_runtime_options(args),
     )
     output = args.output or Path(f"evaluation_{args.task}.json")
     if output.exists() and not args.overwrite:

@@ -316,11 +316,9 @@ def _draw_results(
 
 def _save_model(model: Any, folder: Path) -> None:
     """The trained model plus a processor that keeps the 64-px images at their size."""
+    from maskformer.processing.image_processor import MaskFormerImageProcessor
+
     model.save_pretrained(folder)
-    try:
-        from maskformer.processing.image_processor import MaskFormerImageProcessor
-    except ImportError:  # pragma: no cover - the processor ships with the package
-        return
     MaskFormerImageProcessor(do_resize=False, size_divisor=32).save_pretrained(folder)
 
 

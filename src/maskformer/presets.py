@@ -112,24 +112,6 @@ def is_preset(name: str) -> bool:
     return name in PRESETS
 
 
-def _sub_config(settings: dict[str, Any]) -> Any:
-    from maskformer import configuration
-
-    settings = dict(settings)
-    model_type = settings.pop("model_type")
-    classes = {
-        "swin": configuration.SwinConfig,
-        "maskformer-swin": configuration.MaskFormerSwinConfig,
-        "resnet": configuration.ResNetConfig,
-        "detr": configuration.DetrConfig,
-    }
-    if model_type not in classes:
-        raise ValueError(
-            f"unknown sub-config model_type {model_type!r}; use one of {list(classes)}"
-        )
-    return classes[model_type](**settings)
-
-
 def get_preset(name: str, **overrides: Any) -> MaskFormerConfig:
     """A new ``MaskFormerConfig`` for the preset ``name``, with ``overrides`` applied.
 
@@ -160,7 +142,5 @@ def get_preset(name: str, **overrides: Any) -> MaskFormerConfig:
     settings.update(overrides)
     if settings.get("id2label") is not None:
         settings.pop("num_labels", None)  # id2label defines the label count
-    for key in ("backbone_config", "decoder_config"):
-        if isinstance(settings.get(key), dict):
-            settings[key] = _sub_config(settings[key])
+    # MaskFormerConfig builds the backbone and decoder configs from dicts naming a model_type.
     return MaskFormerConfig(**settings)

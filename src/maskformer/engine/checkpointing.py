@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskformer.engine.distributed import get_world_size
+
 CHECKPOINT_DIRNAME = "checkpoints"
 FINAL_DIRNAME = "final"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -135,9 +137,10 @@ def capture_rng_state() -> dict[str, Any]:
 def gather_rng_states() -> list[dict[str, Any]]:
     """Every rank's :func:`capture_rng_state`, in rank order (a collective under torchrun)."""
     state = capture_rng_state()
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    world_size = get_world_size()
+    if world_size == 1:
         return [state]
-    states: list[Any] = [None] * torch.distributed.get_world_size()
+    states: list[Any] = [None] * world_size
     torch.distributed.all_gather_object(states, state)
     return states
 

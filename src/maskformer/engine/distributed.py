@@ -81,7 +81,7 @@ def init_distributed(
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         world_size, rank = dist.get_world_size(), dist.get_rank()
         resolved = _resolve_device(device, local_rank)
         if resolved.type == "cuda":
@@ -115,27 +115,20 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def get_rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
-
-
 def get_world_size() -> int:
+    """The number of processes in the job (1 without a process group)."""
     return dist.get_world_size() if is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
 
 
 def barrier() -> None:
     """Wait for every rank (no-op on one process)."""
-    if is_initialized() and get_world_size() > 1:
+    if get_world_size() > 1:
         dist.barrier()
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean of ``tensor`` over all ranks (a new tensor; the input is left alone)."""
-    if not is_initialized() or get_world_size() == 1:
+    if get_world_size() == 1:
         return tensor.clone()
     reduced = tensor.detach().clone()
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
@@ -144,7 +137,7 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when ``flag`` is True on at least one (e.g. "SIGTERM received")."""
-    if not is_initialized() or get_world_size() == 1:
+    if get_world_size() == 1:
         return flag
     value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
@@ -197,11 +190,6 @@ def wrap_model(
     return nn.parallel.DistributedDataParallel(
         model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
     )
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def epoch_permutation(dataset_size: int, seed: int, epoch: int) -> np.ndarray:

@@ -119,15 +119,26 @@ def label_to_category(
     id2label: dict[int, str], categories: Sequence[dict[str, Any]]
 ) -> dict[int, int]:
     """Model class index -> COCO category id, by name when all names match, else by position."""
+    mapping = _match_categories(id2label, categories)
+    if mapping is None:
+        raise ValueError(
+            f"the model's {len(id2label)} classes match neither the names nor the number of the "
+            f"{len(categories)} categories of the data"
+        )
+    return mapping
+
+
+def _match_categories(
+    names: dict[int, str], categories: Sequence[dict[str, Any]]
+) -> dict[int, int] | None:
+    """Class index -> category id: by name when every name is a category's, else by position
+    when the indices are exactly ``0 .. K-1`` of the K categories; None when neither fits."""
     by_name = {str(c["name"]): int(c["id"]) for c in categories if "name" in c}
-    if id2label and all(name in by_name for name in id2label.values()):
-        return {int(k): by_name[name] for k, name in id2label.items()}
-    if len(id2label) == len(categories):
-        return {k: int(categories[k]["id"]) for k in range(len(categories))}
-    raise ValueError(
-        f"the model's {len(id2label)} classes match neither the names nor the number of the "
-        f"{len(categories)} categories of the data"
-    )
+    if names and all(name in by_name for name in names.values()):
+        return {int(k): by_name[name] for k, name in names.items()}
+    if sorted(names) == list(range(len(categories))):
+        return {k: int(categories[k]["id"]) for k in names}
+    return None
 
 
 # -------------------------------------------------------------------------------- model runs
@@ -147,9 +158,7 @@ def _evaluate_ade20k(
     from maskformer.data.ade20k import ADE20KDataset
     from maskformer.evaluation import SemanticSegmentationMetric
 
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"data folder {data_dir} does not exist")
-    dataset = ADE20KDataset(
+    dataset = ADE20KDataset(  # FileNotFoundError naming the folder when it is missing
         data_dir, reduce_labels=options.reduce_labels, num_labels=len(id2label), id2label=id2label
     )
     metric = SemanticSegmentationMetric(
@@ -343,14 +352,8 @@ def _remap_categories_by_name(
     if not isinstance(pred_data, dict) or not pred_data.get("categories"):
         return None
     pred_names = {int(c["id"]): str(c.get("name")) for c in pred_data["categories"]}
-    by_name = {str(c["name"]): int(c["id"]) for c in categories if "name" in c}
-    if all(name in by_name for name in pred_names.values()):
-        mapping = {k: by_name[name] for k, name in pred_names.items()}
-    elif sorted(pred_names) == list(range(len(categories))):
-        mapping = {k: int(categories[k]["id"]) for k in pred_names}
-    else:
-        return None
-    if all(k == v for k, v in mapping.items()):
+    mapping = _match_categories(pred_names, categories)
+    if mapping is None or all(k == v for k, v in mapping.items()):
         return None
     annotations = []
     for annotation in pred_data["annotations"]:

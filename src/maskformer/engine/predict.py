@@ -28,6 +28,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -305,7 +306,7 @@ def _write_result(
     if options.task == "semantic":
         classes = result["semantic"].cpu().numpy()
         written.append(_save_png(label_png(classes, len(id2label)), out / "semantic", path))
-        overlay = overlay_semantic(image, classes, id2label, ignore_index=None)
+        draw_overlay = partial(overlay_semantic, image, classes, id2label, ignore_index=None)
     elif options.task == "panoptic":
         ids, segments = panoptic_result_to_coco(result)
         written.append(_save_png(panoptic_png(ids), out / "panoptic", path))
@@ -316,13 +317,13 @@ def _write_result(
                 "segments_info": segments,
             }
         )
-        overlay = overlay_panoptic(image, ids, segments, id2label)
+        draw_overlay = partial(overlay_panoptic, image, ids, segments, id2label)
     else:
         masks, labels, scores = instance_result_to_arrays(result, image.height, image.width)
         records.extend(instance_records(image_id_of(path), masks, labels, scores))
-        overlay = overlay_instances(image, masks, labels, id2label, scores=scores)
-    if options.overlay:
-        written.append(_save_png(overlay, out / "overlays", path))
+        draw_overlay = partial(overlay_instances, image, masks, labels, id2label, scores=scores)
+    if options.overlay:  # drawn only when it is written
+        written.append(_save_png(draw_overlay(), out / "overlays", path))
     return written
 
 

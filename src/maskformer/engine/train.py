@@ -332,6 +332,7 @@ def build_model(args: TrainingArguments, dataset: Dataset | None = None) -> nn.M
     same weights.
     """
     from maskformer import presets
+    from maskformer.engine.loading import is_local_reference
     from maskformer.modeling.maskformer import MaskFormerForInstanceSegmentation
 
     label_overrides: dict[str, Any] = {}
@@ -344,16 +345,16 @@ def build_model(args: TrainingArguments, dataset: Dataset | None = None) -> nn.M
         if not label_overrides and getattr(dataset, "id2label", None):
             label_overrides["id2label"] = {int(k): str(v) for k, v in dataset.id2label.items()}
         return MaskFormerForInstanceSegmentation(presets.get_preset(args.model, **label_overrides))
-    looks_local = (
-        os.path.sep in args.model or args.model.startswith(".") or Path(args.model).exists()
-    )
-    if looks_local and not Path(args.model).is_dir():
-        raise FileNotFoundError(
-            f"--model {args.model!r} is neither a preset ({', '.join(presets.list_presets())}) "
-            "nor an existing checkpoint folder"
-        )
+    folder_or_hub_id = args.model
+    if is_local_reference(args.model):
+        folder_or_hub_id = str(Path(args.model).expanduser())
+        if not Path(folder_or_hub_id).is_dir():
+            raise FileNotFoundError(
+                f"--model {args.model!r} is neither a preset "
+                f"({', '.join(presets.list_presets())}) nor an existing checkpoint folder"
+            )
     return MaskFormerForInstanceSegmentation.from_pretrained(
-        args.model, ignore_mismatched_sizes=args.ignore_mismatched_sizes, **label_overrides
+        folder_or_hub_id, ignore_mismatched_sizes=args.ignore_mismatched_sizes, **label_overrides
     )
 
 
@@ -708,6 +709,7 @@ class _TrainingRun:
         self.num_labels = int(model.config.num_labels)
         model.to(self.device)
         self.frozen = freeze_unused_parameters(model)
+        self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
         model.train()
         self.module = model
         self.optimizer = build_optimizer(model, args)
@@ -859,8 +861,9 @@ class _TrainingRun:
 
         self.scaler.unscale_(self.optimizer)
         if args.max_grad_norm > 0:
-            trainable = [p for p in self.module.parameters() if p.requires_grad]
-            step_terms["grad_norm"] = nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
+            step_terms["grad_norm"] = nn.utils.clip_grad_norm_(
+                self.trainable_parameters, args.max_grad_norm
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -1137,7 +1140,7 @@ def run_train_from_args(namespace: argparse.Namespace) -> int:
     try:
         args = training_arguments_from_namespace(namespace)
         result = train(args)
-    except (FileNotFoundError, ValueError, DatasetItemError) as error:
+    except (OSError, ValueError, DatasetItemError) as error:  # OSError: also a hub download
         print(f"maskformer train: error: {error}", file=sys.stderr)
         return 2
     losses = ", ".join(f"{k}={v:.4f}" for k, v in result.losses.items() if k.startswith("loss"))
