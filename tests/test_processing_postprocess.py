@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import types
 
 import numpy as np
@@ -141,7 +142,7 @@ def test_resized_selections_on_region_maps_equal_full_resize(
     monkeypatch, seed, out_size, duplicate
 ):
     calls = {"two maps": 0, "general": 0}
-    for method, name in [("_two_map_argmax", "two maps"), ("_contested_argmax", "general")]:
+    for method, name in [("_pair_argmax", "two maps"), ("_table_argmax", "general")]:
         original = getattr(ResizedMaps, method)
 
         def spy(self, *args, _original=original, _name=name):
@@ -161,7 +162,7 @@ def test_resized_selections_on_region_maps_equal_full_resize(
     for threshold in (0.5, 0.9, float(weighted[0, 3, 5])):  # the last one hits a sample exactly
         exact = (weighted >= threshold).flatten(1).sum(1)
         assert torch.equal(resized.threshold_counts(threshold), exact)
-        lower, upper, _ = resized.threshold_count_bounds(threshold)
+        lower, upper = resized.threshold_count_bounds(threshold)
         assert bool((lower <= exact).all()) and bool((exact <= upper).all())
         some = torch.arange(len(maps)) % 2 == 0
         partial = resized.threshold_counts(threshold, maps=some)
@@ -171,16 +172,31 @@ def test_resized_selections_on_region_maps_equal_full_resize(
         assert calls["two maps"] > 0 and calls["general"] > 0
 
 
-def test_packed_ranking_matches_max_with_many_maps():
+def test_resized_argmax_with_many_maps_and_wide_candidate_tables():
     generator = torch.Generator().manual_seed(0)
-    maps = torch.rand(300, 6, 7, generator=generator).round(decimals=2)  # > 256: unpacked path
+    maps = torch.rand(300, 6, 7, generator=generator).round(decimals=2)  # many candidates per cell
     full = F.interpolate(maps[None], size=(13, 11), mode="bilinear", align_corners=False)[0]
     assert torch.equal(resized_argmax(maps, (13, 11)), full.argmax(0))
-    ranks = bilinear_select._leaders(maps[:200])  # packed: index in the low bits
-    best, leader = maps[:200].max(dim=0)
-    assert torch.equal(ranks.leader, leader)
-    assert bool((ranks.best <= best).all())
-    assert bool((ranks.best >= best * (1 - 2**-15)).all())
+    parts = ResizedMaps(maps, (13, 11)).argmax_parts()
+    assert torch.equal(parts.won_counts, torch.bincount(full.argmax(0).flatten(), minlength=300))
+
+
+def test_pair_cells_take_exact_values_near_a_crossing(monkeypatch):
+    """Two maps whose resized values cross inside cells: slots within the rounding margin of
+    the crossing go to torch's own interpolation, the others follow the corner differences."""
+    exact_calls = []
+    original = bilinear_select._exact
+
+    def spy(*args):
+        exact_calls.append(args[-1].numel())
+        return original(*args)
+
+    monkeypatch.setattr(bilinear_select, "_exact", spy)
+    ramp = torch.linspace(0, 1, 9)
+    maps = torch.stack([ramp.expand(5, 9), 1 - ramp.expand(5, 9)])  # equal at the centre column
+    full = F.interpolate(maps[None], size=(10, 21), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(resized_argmax(maps, (10, 21)), full.argmax(0))
+    assert exact_calls  # the crossing column is a near tie
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -420,3 +436,51 @@ def test_panoptic_segments_are_consistent(seed, threshold, mask_threshold, overl
 def test_outputs_without_logits_raise():
     with pytest.raises(TypeError, match="class_queries_logits"):
         PROCESSOR.post_process_panoptic_segmentation(object())
+
+
+# ------------------------------------------------------------------------ images on a thread pool
+
+
+@pytest.fixture
+def two_torch_threads():
+    """Two torch threads: the post-processors then run two images at a time on a pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_images_on_the_thread_pool_match_reference(reference, two_torch_threads):
+    outputs = realistic_outputs(batch=3, seed=11)
+    sizes = [(50, 70), (31, 23), (64, 90)]
+    ours = PROCESSOR.post_process_panoptic_segmentation(outputs, target_sizes=sizes)
+    theirs = reference.post_process_panoptic_segmentation(
+        outputs, target_sizes=sizes, label_ids_to_fuse=set()
+    )
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["segments_info"] == _dedup_by_id(b["segments_info"])
+        assert torch.equal(a["segmentation"], b["segmentation"])
+    semantic = PROCESSOR.post_process_semantic_segmentation(outputs, target_sizes=sizes)
+    expected = reference.post_process_semantic_segmentation(outputs, target_sizes=sizes)
+    assert all(torch.equal(a, b) for a, b in zip(semantic, expected, strict=True))
+
+
+def test_post_processing_ignores_gradients(two_torch_threads):
+    outputs = realistic_outputs(batch=2, seed=12)
+    outputs.masks_queries_logits.requires_grad_(True)
+    with torch.no_grad():  # grad mode is per thread: the pool must not depend on it
+        results = PROCESSOR.post_process_panoptic_segmentation(outputs, target_sizes=[(20, 30)] * 2)
+    assert all(not r["segmentation"].requires_grad for r in results)
+
+
+def test_forked_child_starts_its_own_thread_pool(two_torch_threads):
+    """A forked process inherits the pool object but none of its threads."""
+    from maskformer.processing import postprocess
+
+    PROCESSOR.post_process_semantic_segmentation(realistic_outputs(batch=2, seed=13))
+    assert postprocess._POOL is not None
+    pid = os.fork()
+    if pid == 0:  # child: no torch kernels here (OpenMP itself is not fork-safe)
+        os._exit(0 if postprocess._POOL is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

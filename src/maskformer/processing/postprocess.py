@@ -12,7 +12,10 @@ differences are listed in the project README ("Differences from transformers 4.3
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,35 @@ import torch.nn.functional as F
 from maskformer.processing.bilinear_select import ResizedMaps, resized_argmax
 
 TargetSizes = Sequence[tuple[int, int]] | torch.Tensor | None
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """A forked child has the pool object but none of its threads: start a new one there."""
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _map_images(
+    function: Callable[..., Any], device: torch.device, *columns: Sequence[Any]
+) -> list[Any]:
+    """``[function(*row) for row in zip(*columns)]``. On CPU with more than one torch thread,
+    two images run at a time on a small shared thread pool: torch kernels release the GIL, and
+    the work of one image is mostly mid-sized operations that it cannot spread over the cores."""
+    global _POOL
+    rows = list(zip(*columns))
+    if len(rows) < 2 or device.type != "cpu" or torch.get_num_threads() < 2:
+        return [function(*row) for row in rows]
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="maskformer-postprocess")
+        pool = _POOL
+    return list(pool.map(lambda row: function(*row), rows))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -52,7 +84,8 @@ def _logits(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
             "`outputs.class_queries_logits` and `outputs.masks_queries_logits` disagree on "
             f"(batch, queries): {tuple(class_logits.shape[:2])} vs {tuple(mask_logits.shape[:2])}"
         )
-    return class_logits, mask_logits
+    # Post-processing never needs gradients (and worker threads do not share grad mode).
+    return class_logits.detach(), mask_logits.detach()
 
 
 def _target_sizes(target_sizes: TargetSizes, batch_size: int) -> list[tuple[int, int] | None]:
@@ -102,7 +135,7 @@ def post_process_semantic_segmentation(
     scores = semantic_scores(class_logits, mask_logits)
     if target_sizes is None:
         return list(scores.argmax(dim=1))
-    return [resized_argmax(image_scores, size) for image_scores, size in zip(scores, sizes)]
+    return _map_images(resized_argmax, scores.device, scores, sizes)
 
 
 def post_process_segmentation(
@@ -337,16 +370,14 @@ def post_process_panoptic_segmentation(
             winner = resized.argmax_parts()  # compact (H, W) argmax
             won_area = winner.won_counts
             # The area checks need exact confident areas only where bounds leave them open.
-            lower, upper, undecided = resized.threshold_count_bounds(mask_threshold)
+            lower, upper = resized.threshold_count_bounds(mask_threshold)
             valid = _passes_area_checks(won_area, upper, overlap_mask_area_threshold)
             # Monotone in the confident area from 1 pixel on; 0 pixels always fails.
             open_maps = (
                 valid != _passes_area_checks(won_area, lower, overlap_mask_area_threshold)
             ) | ((lower == 0) & (upper > 0) & (won_area > 0))
             if bool(open_maps.any()):
-                confident_area = resized.threshold_counts(
-                    mask_threshold, maps=open_maps, bounds=(lower, undecided)
-                )
+                confident_area = resized.threshold_counts(mask_threshold, maps=open_maps)
                 valid = _passes_area_checks(won_area, confident_area, overlap_mask_area_threshold)
         fused = torch.isin(kept_labels, torch.tensor(fuse, dtype=kept_labels.dtype, device=device))
         ids, opens = _panoptic_segment_ids(kept_labels, valid, fused)
@@ -373,4 +404,4 @@ def post_process_panoptic_segmentation(
         ]
         return {"segmentation": segmentation, "segments_info": segments_info}
 
-    return [segment(*row) for row in zip(mask_logits, class_scores, class_labels, sizes)]
+    return _map_images(segment, device, mask_logits, class_scores, class_labels, sizes)
