@@ -484,3 +484,14 @@ def test_forked_child_starts_its_own_thread_pool(two_torch_threads):
         os._exit(0 if postprocess._POOL is None else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_near_ties_use_torch_values_of_the_whole_stack():
+    """torch vectorises its resize across maps: a map resized alone can differ in the last bit
+    from the same map resized with the others, which decides exact ties (0.375 vs 0.375)."""
+    generator = torch.Generator().manual_seed(1386)
+    maps = torch.rand(8, 9, 12, generator=generator).round(decimals=1)
+    scale = torch.tensor([0.4, 0.3, 0.6, 0.2, 0.6, 1.0, 0.3, 1.0])
+    full = F.interpolate(maps[None], size=(30, 27), mode="bilinear", align_corners=False)[0]
+    weighted = full * scale[:, None, None]
+    assert torch.equal(resized_argmax(maps, (30, 27), scale), weighted.argmax(0))

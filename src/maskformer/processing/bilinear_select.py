@@ -234,9 +234,12 @@ def _exact(
     pixels: torch.Tensor,
 ) -> torch.Tensor:
     """torch's own resize of ``maps[involved]`` (times ``scale``) at the flat output ``pixels``:
-    ``(len(involved), len(pixels))``."""
-    resized = F.interpolate(maps[involved][None], size=size, mode="bilinear", align_corners=False)
-    values = resized[0].flatten(1)[:, pixels]
+    ``(len(involved), len(pixels))``.
+
+    All maps are resized, not just the involved ones: torch's kernel vectorises across maps, so
+    a map's last bits can depend on how many maps are resized with it."""
+    resized = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)
+    values = resized[0].flatten(1)[involved][:, pixels]
     if scale is not None:
         values = values * scale[involved][:, None]
     return values
