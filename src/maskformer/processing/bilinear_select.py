@@ -173,21 +173,22 @@ class _Grid:
         self.regular_shape = (self.rows.regular_block, self.cols.regular_block)
         self.edge_shape = (self.rows.block, self.cols.block)
         # Flat source offsets of each cell's four corners (top-left, top-right, bottom-left,
-        # bottom-right), (h * w, 4).
+        # bottom-right), (4, h * w).
         rows = torch.arange(height, device=device)
         cols = torch.arange(width, device=device)
         next_rows = (rows + 1).clamp_(max=height - 1)
         next_cols = (cols + 1).clamp_(max=width - 1)
         top, bottom = rows[:, None] * width, next_rows[:, None] * width
         self.corner_offsets = torch.stack(
-            [top + cols, top + next_cols, bottom + cols, bottom + next_cols], dim=-1
-        ).view(-1, 4)
+            [top + cols, top + next_cols, bottom + cols, bottom + next_cols]
+        ).view(4, -1)
         # Flat source cell of every output pixel, (H, W).
         self.cell_of_pixel = self.rows.first[:, None] * width + self.cols.first[None, :]
 
     def expand(self, cell_values: torch.Tensor) -> torch.Tensor:
         """Per-cell values ``(h, w)`` copied to every output pixel of their cell: ``(H, W)``."""
-        return torch.take(cell_values, self.cell_of_pixel)
+        flat = cell_values.reshape(-1).index_select(0, self.cell_of_pixel.view(-1))
+        return flat.view(self.out_size)
 
     def block(self, cells: torch.Tensor, shape: tuple[int, int]) -> _Block:
         """The ``shape`` blocks of slots of the flat source ``cells`` (see ``_Block``)."""
@@ -204,7 +205,7 @@ class _Grid:
         ]
         return _Block(
             cells,
-            self.corner_offsets.index_select(0, cells).T,
+            self.corner_offsets.index_select(1, cells),
             *row_taps[:2],
             *col_taps[:2],
             row_taps[2] * self.out_size[1],
@@ -250,12 +251,15 @@ class ArgmaxParts:
     """The argmax of resized maps, kept compact: ``cell_leader`` ``(h, w)`` is the answer at
     every output pixel of its cell except at ``pixels`` (flat output indices ``(P,)``, a pixel
     may repeat with the same answer), whose answers are ``pixel_leader`` ``(P,)``;
-    ``won_counts`` ``(N,)`` counts output pixels per map."""
+    ``won_counts`` ``(N,)`` counts output pixels per map. With a threshold,
+    ``confident_lower`` ``(N,)`` counts the output pixels of the cells each map wins whole with
+    every pixel at or above the threshold: a lower bound of its threshold count."""
 
     cell_leader: torch.Tensor
     pixels: torch.Tensor
     pixel_leader: torch.Tensor
     won_counts: torch.Tensor
+    confident_lower: torch.Tensor | None = None
 
 
 class ResizedMaps:
@@ -296,14 +300,15 @@ class ResizedMaps:
         result.view(-1)[parts.pixels] = parts.pixel_leader
         return result
 
-    def argmax_parts(self) -> ArgmaxParts:
-        """The argmax, compact (see ``ArgmaxParts``); ties go to the lowest index."""
+    def argmax_parts(self, threshold: float | None = None) -> ArgmaxParts:
+        """The argmax, compact (see ``ArgmaxParts``); ties go to the lowest index. With
+        ``threshold``, also ``confident_lower``."""
         grid, count, device = self.grid, self.count, self.maps.device
-        # Candidates per cell: maps whose largest corner reaches the cell's floor (margins absorb
-        # the rounding of single samples).
-        floor = self.cell_min.amax(dim=0) * _SHRINK - 2 * _TINY  # (h * w,)
+        # Candidates per cell: maps whose largest corner reaches the cell's floor, the best
+        # smallest corner of any map (margins absorb the rounding of single samples).
+        floor = self.cell_min.amax(dim=0)  # (h * w,)
         candidates = self._work[0].view(count, -1)
-        torch.ge(self.cell_max, floor, out=candidates)  # 1.0 / 0.0, (N, h * w)
+        torch.ge(self.cell_max, floor * _SHRINK - 2 * _TINY, out=candidates)  # 1.0 / 0.0
         # Per cell, the number of candidates and the sums of their indices and squared indices
         # (exact: whole numbers below 2**24, or float64), in one product.
         index = torch.arange(count, device=device, dtype=torch.float64)
@@ -315,11 +320,17 @@ class ResizedMaps:
         decided = number == 1
         cell_leader = index_sum.to(torch.int64).clamp_(max=count - 1).view(grid.in_size)
         decided_pixels = torch.where(decided, grid.pixels_per_cell_sum.to(candidates.dtype), 0)
-        won_counts = torch.mv(candidates, decided_pixels).to(torch.int64)
+        confident_lower = None
+        if threshold is None:
+            won_counts = torch.mv(candidates, decided_pixels).to(torch.int64)
+        else:  # the winner's values in a decided cell are at least the floor
+            above = decided_pixels * (floor >= self._threshold_margins(threshold)[0])
+            won_counts = torch.mv(candidates, decided_pixels).to(torch.int64)
+            confident_lower = torch.mv(candidates, above).to(torch.int64)
         contested = (~decided & (grid.pixels_per_cell > 0)).nonzero()[:, 0]
         if contested.numel() == 0:
             empty = torch.empty(0, dtype=torch.int64, device=device)
-            return ArgmaxParts(cell_leader, empty, empty, won_counts)
+            return ArgmaxParts(cell_leader, empty, empty, won_counts, confident_lower)
         # Most contested cells lie on the border of two regions: two candidates i < j, read off
         # the sums (i + j, i^2 + j^2). The others take a table of candidates, edge cells (with
         # larger blocks) on their own.
@@ -345,7 +356,9 @@ class ResizedMaps:
                 group = self._table_argmax(table, block, won_counts)
             pixels.append(group[0])
             pixel_leader.append(group[1])
-        return ArgmaxParts(cell_leader, torch.cat(pixels), torch.cat(pixel_leader), won_counts)
+        return ArgmaxParts(
+            cell_leader, torch.cat(pixels), torch.cat(pixel_leader), won_counts, confident_lower
+        )
 
     def _candidate_table(
         self, candidates: torch.Tensor, cells: torch.Tensor, width: int
@@ -379,7 +392,7 @@ class ResizedMaps:
         """The argmax at every slot of ``block``, among each cell's candidate maps ``table``
         (``(width, cells)``, ascending, padded with ``N``): flat output indices and leading maps,
         each ``(slots,)``. Adds the pixels won to ``won_counts``."""
-        values = block.interpolate(self._corners(table, block))  # (width, rows, cols, cells)
+        values = block.interpolate(self._corners(table, block, padded=True))
         best = values.amax(dim=0)
         is_best = torch.eq(values, best, out=torch.empty_like(values))  # 1.0 / 0.0
         # Slots where no map is within the rounding margin of the best have one best map;
@@ -410,9 +423,10 @@ class ResizedMaps:
         second_leads = torch.lt(difference, 0, out=torch.empty_like(difference))  # 1.0 / 0.0
         step = (table[1] - table[0]).to(difference.dtype)
         leader = torch.addcmul(table[0].to(difference.dtype), second_leads, step).to(torch.int64)
-        near_tie = difference.abs() <= margin
+        clearance = difference.abs().sub_(margin)  # <= 0: a near tie
         pixels = block.pixels()
-        if bool(near_tie.any()):
+        if bool(clearance.amin() <= 0):
+            near_tie = clearance <= 0
             involved = near_tie.flatten(0, 1).any(dim=0).expand(2, -1)  # (2, cells)
             leader = self._settle_near_ties(leader, near_tie, involved, table, pixels)
             second_leads = (leader == table[1]).to(difference.dtype)
@@ -421,19 +435,17 @@ class ResizedMaps:
         won_counts.index_add_(0, table[0], self.grid.pixels_per_cell[block.cells] - won_second)
         return pixels.flatten(), leader.flatten()
 
-    def _corners(self, table: torch.Tensor, block: _Block) -> torch.Tensor:
+    def _corners(self, table: torch.Tensor, block: _Block, padded: bool = False) -> torch.Tensor:
         """Scaled values of map ``table[k, i]`` at the four corners of ``block.cells[i]``:
-        float32 ``(k, 4, cells)``; entries ``table == N`` give -1."""
+        float32 ``(k, 4, cells)``. With ``padded``, entries ``table == N`` give -1."""
         count = self.count
-        padded = table >= count
-        has_padding = bool(padded.any())
-        map_index = table.clamp(max=count - 1) if has_padding else table
+        map_index = table.clamp(max=count - 1) if padded else table
         offsets = block.corner_offsets + (map_index * self.grid.plane)[:, None]
-        corners = torch.take(self.maps, offsets)
+        corners = self.maps.view(-1).index_select(0, offsets.view(-1)).view(offsets.shape)
         if self.scale is not None:
-            corners *= self.scale.index_select(0, map_index.flatten()).view(-1, 1, table.shape[1])
-        if has_padding:
-            corners.masked_fill_(padded[:, None], -1.0)
+            corners *= self.scale.index_select(0, map_index.view(-1)).view(-1, 1, table.shape[1])
+        if padded:
+            corners.masked_fill_((table >= count)[:, None], -1.0)
         return corners
 
     # -- threshold counts -----------------------------------------------------------------------
@@ -442,6 +454,13 @@ class ResizedMaps:
         """Cell corners at or above the first value are above ``threshold`` at every output pixel
         of the cell; corners all below the second are below it everywhere."""
         return threshold / (1 - _SLACK) + _TINY, threshold / (1 + _SLACK) - _TINY
+
+    def threshold_count_upper(self, threshold: float) -> torch.Tensor:
+        """Per map, an upper bound of ``threshold_counts(threshold)`` from the source cells
+        alone: int64 ``(N,)``."""
+        flags = self._work[0].view(self.count, -1)
+        torch.ge(self.cell_max, self._threshold_margins(threshold)[1], out=flags)
+        return torch.mv(flags, self.grid.pixels_per_cell_sum).to(torch.int64)
 
     def threshold_count_bounds(self, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Per map, bounds ``lower <= count <= upper`` of ``threshold_counts(threshold)`` from

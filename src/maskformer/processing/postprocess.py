@@ -297,6 +297,22 @@ def _passes_area_checks(
     return (won_area > 0) & (confident_area > 0) & (ratio > overlap_mask_area_threshold)
 
 
+def _area_checks_from_bounds(
+    won_area: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    overlap_mask_area_threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_passes_area_checks`` for confident areas known only as ``lower <= area <= upper``:
+    the outcome where the bounds settle it, and which queries they leave open."""
+    valid = _passes_area_checks(won_area, upper, overlap_mask_area_threshold)
+    # Monotone in the confident area from 1 pixel on; 0 pixels always fails.
+    open_maps = (valid != _passes_area_checks(won_area, lower, overlap_mask_area_threshold)) | (
+        (lower == 0) & (upper > 0) & (won_area > 0)
+    )
+    return valid, open_maps
+
+
 def _panoptic_segment_ids(
     labels: torch.Tensor, valid: torch.Tensor, fused: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,15 +383,20 @@ def post_process_panoptic_segmentation(
             valid = _passes_area_checks(won_area, confident_area, overlap_mask_area_threshold)
         else:  # same as resizing the probabilities first, without resizing them all
             resized = ResizedMaps(kept_probs, size, kept_scores)
-            winner = resized.argmax_parts()  # compact (H, W) argmax
+            winner = resized.argmax_parts(threshold=mask_threshold)  # compact (H, W) argmax
             won_area = winner.won_counts
-            # The area checks need exact confident areas only where bounds leave them open.
-            lower, upper = resized.threshold_count_bounds(mask_threshold)
-            valid = _passes_area_checks(won_area, upper, overlap_mask_area_threshold)
-            # Monotone in the confident area from 1 pixel on; 0 pixels always fails.
-            open_maps = (
-                valid != _passes_area_checks(won_area, lower, overlap_mask_area_threshold)
-            ) | ((lower == 0) & (upper > 0) & (won_area > 0))
+            # The area checks need exact confident areas only where bounds leave them open:
+            # first the cheap ones (cells won whole above the threshold; cells that may reach
+            # it), then the cell bounds of every map, then exact counts.
+            lower, upper = winner.confident_lower, resized.threshold_count_upper(mask_threshold)
+            valid, open_maps = _area_checks_from_bounds(
+                won_area, lower, upper, overlap_mask_area_threshold
+            )
+            if bool(open_maps.any()):
+                lower, upper = resized.threshold_count_bounds(mask_threshold)
+                valid, open_maps = _area_checks_from_bounds(
+                    won_area, lower, upper, overlap_mask_area_threshold
+                )
             if bool(open_maps.any()):
                 confident_area = resized.threshold_counts(mask_threshold, maps=open_maps)
                 valid = _passes_area_checks(won_area, confident_area, overlap_mask_area_threshold)
@@ -385,8 +406,10 @@ def post_process_panoptic_segmentation(
         if size is None:
             segmentation = ids[winner]
         else:
-            segmentation = resized.grid.expand(ids[winner.cell_leader])
-            segmentation.view(-1)[winner.pixels] = ids[winner.pixel_leader]
+            cell_ids = ids.index_select(0, winner.cell_leader.flatten())
+            segmentation = resized.grid.expand(cell_ids.view(winner.cell_leader.shape))
+            pixel_ids = ids.index_select(0, winner.pixel_leader)
+            segmentation.view(-1).scatter_(0, winner.pixels, pixel_ids)
 
         info = torch.stack(
             [ids.to(torch.float64), kept_labels.to(torch.float64), kept_scores.to(torch.float64)]
