@@ -44,26 +44,28 @@ _TINY = 1e-36
 
 @dataclass
 class _Taps:
-    """Bilinear geometry along one axis. ``first`` ``(out,)``: each output index's first source
-    index. Per source index, the run of output indices whose first tap it is (``count``
-    ``(in,)``), laid out as ``block`` slots: ``slot_output`` (the output index), ``weight_first``
-    and ``weight_second`` (its tap weights) and ``slot_new`` (1.0 for the run's own slots, 0.0
-    past its end), each ``(block, in)``; slots past the end of a run repeat its last output
-    index, so every slot of a non-empty run is a real output index.
-    ``regular_block`` is the longest run away from the two edges (edge runs can be longer)."""
+    """Bilinear geometry along one axis: torch's half-pixel taps.
+
+    ``first`` ``(out,)``: each output index's first source index. The output indices whose first
+    tap is source index ``i`` form a run of ``count[i]``; runs are cut into *chunks* of at most
+    ``block`` (only edge runs are ever longer: clamped coordinates pile up at index 0).
+    ``first_chunk`` and ``chunks`` ``(in,)``: each source index's first chunk and number of
+    chunks. ``table`` ``(4 * block + 1, chunks)``, per slot of each chunk: the first and second
+    tap weights, 1.0 for the chunk's own outputs (0.0 past its end, where slots repeat its last
+    output), the output index times ``stride``, and in the last row the chunk's length."""
 
     first: torch.Tensor  # (out,) int64
     count: torch.Tensor  # (in,) int64
     block: int
-    regular_block: int
-    slot_output: torch.Tensor  # (block, in) int64
-    weight_first: torch.Tensor  # (block, in) float32
-    weight_second: torch.Tensor  # (block, in) float32
-    slot_new: torch.Tensor  # (block, in) float32
+    first_chunk: torch.Tensor  # (in,) int64
+    chunks: torch.Tensor  # (in,) int64
+    multi_chunk: bool
+    table: torch.Tensor  # (4 * block + 1, chunks) float
 
 
-def _taps(in_size: int, out_size: int, device: torch.device) -> _Taps:
-    """torch's half-pixel bilinear taps (source coordinate rounded once to float32)."""
+def _taps(
+    in_size: int, out_size: int, stride: int, dtype: torch.dtype, device: torch.device
+) -> _Taps:
     scale = np.float64(np.float32(in_size / out_size))
     position = ((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     position = np.maximum(position, np.float32(0))
@@ -72,29 +74,33 @@ def _taps(in_size: int, out_size: int, device: torch.device) -> _Taps:
     weight_first = (np.float32(1) - weight_second).astype(np.float32)
     count = np.bincount(first, minlength=in_size)
     start = np.cumsum(count) - count
-    block = max(int(count.max()), 1)
-    regular_block = max(int(count[1:-1].max()), 1) if in_size > 2 else block
-    last_slot = np.maximum(count - 1, 0)[None, :]
-    slot = np.minimum(np.arange(block)[:, None], last_slot)
-    slot_output = np.minimum(start[None, :] + slot, out_size - 1)  # (block, in)
+    block = max(int(count[1:-1].max()) if in_size > 2 else int(count.max()), 1)
+    chunks = np.maximum(-(-count // block), 1)  # a source index without outputs: one empty chunk
+    first_chunk = np.cumsum(chunks) - chunks
+    source = np.repeat(np.arange(in_size), chunks)
+    rank = np.arange(len(source)) - first_chunk[source]
+    length = np.clip(count[source] - rank * block, 0, block)
+    slot = np.minimum(np.arange(block)[:, None], np.maximum(length - 1, 0)[None, :])
+    output = np.minimum(start[source] + rank * block + slot, out_size - 1)  # (block, chunks)
+    table = np.concatenate(
+        [
+            weight_first[output],
+            weight_second[output],
+            np.arange(block)[:, None] < length[None, :],
+            output * stride,
+            length[None, :],
+        ]
+    )
     as_tensor = lambda array: torch.as_tensor(np.ascontiguousarray(array), device=device)  # noqa: E731
     return _Taps(
         as_tensor(first),
         as_tensor(count),
         block,
-        regular_block,
-        as_tensor(slot_output),
-        as_tensor(weight_first[slot_output]),
-        as_tensor(weight_second[slot_output]),
-        as_tensor((np.arange(block)[:, None] < count[None, :]).astype(np.float32)),
+        as_tensor(first_chunk),
+        as_tensor(chunks),
+        bool((chunks > 1).any()),
+        as_tensor(table).to(dtype),
     )
-
-
-def _take_columns(table: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """``table[..., columns]`` for a contiguous ``table`` ``(..., n)``: ``(..., len(columns))``
-    (one flat gather; ``index_select`` on the last dimension is much slower)."""
-    row_starts = torch.arange(0, table.numel(), table.shape[-1], device=table.device)
-    return torch.take(table, row_starts.view(*table.shape[:-1], 1) + columns)
 
 
 def _neighbour_reduce(maps: torch.Tensor, reduce, out: torch.Tensor, scratch: torch.Tensor):
@@ -107,25 +113,30 @@ def _neighbour_reduce(maps: torch.Tensor, reduce, out: torch.Tensor, scratch: to
     out[..., -1] = scratch[..., -1]
 
 
-@dataclass
 class _Block:
-    """Geometry of a group of source cells, each with a block of ``rows x cols`` output slots;
-    slots past a cell's own block repeat its last row or column (same pixel, same value)."""
+    """Output slots of a group of source cells: each cell (per row and column chunk) has a block
+    of ``rows x cols`` slots; slots past its own outputs repeat its last row or column (same
+    pixel, same value). ``cells`` ``(cells,)`` are the flat source cells, one per chunk pair, and
+    ``source`` their positions in the list the block was made from (None when unchanged)."""
 
-    cells: torch.Tensor  # (cells,) flat source cells
-    corner_offsets: torch.Tensor  # (4, cells) flat source offsets of the corners
-    row_first: torch.Tensor  # (rows, cells) tap weights
-    row_second: torch.Tensor
-    col_first: torch.Tensor  # (cols, cells)
-    col_second: torch.Tensor
-    row_offset: torch.Tensor  # (rows, cells) output row times the output width
-    col_output: torch.Tensor  # (cols, cells)
-    row_new: torch.Tensor  # (rows, cells) 1.0 for the cell's own rows
-    col_new: torch.Tensor  # (cols, cells)
+    def __init__(
+        self,
+        cells: torch.Tensor,
+        source: torch.Tensor | None,
+        corner_offsets: torch.Tensor,
+        row_table: torch.Tensor,
+        col_table: torch.Tensor,
+    ):
+        self.cells, self.source = cells, source
+        self.corner_offsets = corner_offsets  # (4, cells)
+        rows, cols = (row_table.shape[0] - 1) // 4, (col_table.shape[0] - 1) // 4
+        self.row_first, self.row_second, self.row_new, self.row_offset = row_table[:-1].split(rows)
+        self.col_first, self.col_second, self.col_new, self.col_output = col_table[:-1].split(cols)
+        self.pixel_count = row_table[-1] * col_table[-1]  # (cells,)
 
     def pixels(self) -> torch.Tensor:
         """Flat output index of every slot: int64 ``(rows, cols, cells)``."""
-        return self.row_offset[:, None] + self.col_output[None]
+        return (self.row_offset[:, None] + self.col_output[None]).to(torch.int64)
 
     def first_slots(self) -> torch.Tensor:
         """1.0 for the first slot of each output pixel, 0.0 for repeats: ``(rows, cols,
@@ -149,29 +160,19 @@ class _Block:
 
 class _Grid:
     """Bilinear geometry of one resize ``(h, w) -> (H, W)``, organised by source cell (a source
-    pixel with its right, lower and lower-right neighbours, edges replicated).
-
-    The output pixels of a cell form a block of ``count_row x count_col`` slots; blocks of edge
-    cells can be larger than the rest, so cells are handled in groups of one block shape. Slots
-    past a cell's own block repeat its last row or column (same pixel, same value).
-    """
+    pixel with its right, lower and lower-right neighbours, edges replicated): the output
+    pixels whose four taps those are form a block of slots (see ``_Block``)."""
 
     def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int], device: torch.device):
         height, width = in_size
-        self.rows = _taps(height, out_size[0], device)
-        self.cols = _taps(width, out_size[1], device)
+        # Sums of whole pixel counts (and flat output indices) are exact in float32 below 2**24.
+        self.sum_dtype = torch.float32 if out_size[0] * out_size[1] < 2**24 else torch.float64
+        self.rows = _taps(height, out_size[0], out_size[1], self.sum_dtype, device)
+        self.cols = _taps(width, out_size[1], 1, self.sum_dtype, device)
         self.in_size, self.out_size, self.plane = in_size, out_size, height * width
         self.pixels_per_cell = (self.rows.count[:, None] * self.cols.count[None, :]).flatten()
-        # Sums of whole pixel counts are exact in float32 below 2**24.
-        self.sum_dtype = torch.float32 if out_size[0] * out_size[1] < 2**24 else torch.float64
         self.pixels_per_cell_sum = self.pixels_per_cell.to(self.sum_dtype)
-        # Cells whose block fits the regular (non-edge) block shape.
-        self.regular = (
-            (self.rows.count <= self.rows.regular_block)[:, None]
-            & (self.cols.count <= self.cols.regular_block)[None, :]
-        ).flatten()
-        self.regular_shape = (self.rows.regular_block, self.cols.regular_block)
-        self.edge_shape = (self.rows.block, self.cols.block)
+        self.has_pixels = self.pixels_per_cell > 0
         # Flat source offsets of each cell's four corners (top-left, top-right, bottom-left,
         # bottom-right), (4, h * w).
         rows = torch.arange(height, device=device)
@@ -190,35 +191,31 @@ class _Grid:
         flat = cell_values.reshape(-1).index_select(0, self.cell_of_pixel.view(-1))
         return flat.view(self.out_size)
 
-    def block(self, cells: torch.Tensor, shape: tuple[int, int]) -> _Block:
-        """The ``shape`` blocks of slots of the flat source ``cells`` (see ``_Block``)."""
-        block_rows, block_cols = shape
+    def block(self, cells: torch.Tensor) -> _Block:
+        """The blocks of slots of the flat source ``cells`` (see ``_Block``)."""
         row, col = cells // self.in_size[1], cells % self.in_size[1]
         rows, cols = self.rows, self.cols
-        row_taps = [
-            table[:block_rows].index_select(1, row)
-            for table in (rows.weight_first, rows.weight_second, rows.slot_output, rows.slot_new)
-        ]
-        col_taps = [
-            table[:block_cols].index_select(1, col)
-            for table in (cols.weight_first, cols.weight_second, cols.slot_output, cols.slot_new)
-        ]
+        row_chunk, col_chunk = rows.first_chunk[row], cols.first_chunk[col]
+        source = None
+        if rows.multi_chunk or cols.multi_chunk:  # edge cells: one entry per chunk pair
+            col_chunks = cols.chunks[col]
+            repeats = rows.chunks[row] * col_chunks
+            if bool((repeats > 1).any()):
+                source = torch.repeat_interleave(repeats)
+                rank = torch.arange(source.numel(), device=cells.device) - (
+                    torch.cumsum(repeats, 0) - repeats
+                ).index_select(0, source)
+                col_chunks = col_chunks.index_select(0, source)
+                row_chunk = row_chunk.index_select(0, source) + rank // col_chunks
+                col_chunk = col_chunk.index_select(0, source) + rank % col_chunks
+                cells = cells.index_select(0, source)
         return _Block(
             cells,
+            source,
             self.corner_offsets.index_select(1, cells),
-            *row_taps[:2],
-            *col_taps[:2],
-            row_taps[2] * self.out_size[1],
-            col_taps[2],
-            row_taps[3],
-            col_taps[3],
+            rows.table.index_select(1, row_chunk),
+            cols.table.index_select(1, col_chunk),
         )
-
-    def groups(self, cells: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, int]]]:
-        """Split flat source ``cells`` into (cells, block shape) groups."""
-        regular = self.regular[cells]
-        shapes = [(regular, self.regular_shape), (~regular, self.edge_shape)]
-        return [(cells[mask], shape) for mask, shape in shapes if bool(mask.any())]
 
 
 @functools.lru_cache(maxsize=8)
@@ -327,24 +324,19 @@ class ResizedMaps:
             above = decided_pixels * (floor >= self._threshold_margins(threshold)[0])
             won_counts = torch.mv(candidates, decided_pixels).to(torch.int64)
             confident_lower = torch.mv(candidates, above).to(torch.int64)
-        contested = (~decided & (grid.pixels_per_cell > 0)).nonzero()[:, 0]
+        contested = (~decided & grid.has_pixels).nonzero()[:, 0]
         if contested.numel() == 0:
             empty = torch.empty(0, dtype=torch.int64, device=device)
             return ArgmaxParts(cell_leader, empty, empty, won_counts, confident_lower)
         # Most contested cells lie on the border of two regions: two candidates i < j, read off
-        # the sums (i + j, i^2 + j^2). The others take a table of candidates, edge cells (with
-        # larger blocks) on their own.
-        regular = grid.regular[contested]
-        pair = (number[contested] == 2) & regular
+        # the sums (i + j, i^2 + j^2). The others take a table of their candidates.
+        pair = number[contested] == 2
         pixels, pixel_leader = [], []
-        for cells, shape, kind in [
-            (contested[pair], grid.regular_shape, "pair"),
-            (contested[~pair & regular], grid.regular_shape, "table"),
-            (contested[~regular], grid.edge_shape, "table"),
-        ]:
+        for cells, kind in [(contested[pair], "pair"), (contested[~pair], "table")]:
             if cells.numel() == 0:
                 continue
-            block = grid.block(cells, shape)
+            block = grid.block(cells)
+            cells = block.cells  # edge cells repeat, once per chunk of their block
             if kind == "pair":
                 both = index_sum[cells]
                 gap = (2 * square_sum[cells] - both * both).sqrt_()
@@ -432,7 +424,7 @@ class ResizedMaps:
             second_leads = (leader == table[1]).to(difference.dtype)
         won_second = (second_leads * block.first_slots()).sum(dim=(0, 1)).long()  # (cells,)
         won_counts.index_add_(0, table[1], won_second)
-        won_counts.index_add_(0, table[0], self.grid.pixels_per_cell[block.cells] - won_second)
+        won_counts.index_add_(0, table[0], block.pixel_count.to(torch.int64) - won_second)
         return pixels.flatten(), leader.flatten()
 
     def _corners(self, table: torch.Tensor, block: _Block, padded: bool = False) -> torch.Tensor:
@@ -491,11 +483,13 @@ class ResizedMaps:
         )
         whole = self.cell_min.index_select(0, selected) >= above
         undecided = (self.cell_max.index_select(0, selected) >= near) & ~whole  # (maps, h * w)
-        cells = (undecided & (grid.pixels_per_cell > 0)).any(dim=0).nonzero()[:, 0]
-        for group_cells, shape in grid.groups(cells):
-            row, cell_position = undecided.index_select(1, group_cells).nonzero().unbind(1)
-            block = grid.block(group_cells[cell_position], shape)
-            self._count_reached(selected[row], block, threshold, counts)
+        cells = (undecided & grid.has_pixels).any(dim=0).nonzero()[:, 0]
+        if cells.numel() == 0:
+            return counts
+        row, cell_position = undecided.index_select(1, cells).nonzero().unbind(1)
+        block = grid.block(cells[cell_position])
+        map_index = selected[row] if block.source is None else selected[row[block.source]]
+        self._count_reached(map_index, block, threshold, counts)
         return counts
 
     def _count_reached(
