@@ -173,6 +173,11 @@ class _Grid:
         self.pixels_per_cell = (self.rows.count[:, None] * self.cols.count[None, :]).flatten()
         self.pixels_per_cell_sum = self.pixels_per_cell.to(self.sum_dtype)
         self.has_pixels = self.pixels_per_cell > 0
+        # Cells with more than one chunk pair (some edge cells), or None.
+        self.multi_chunk_cells = None
+        if self.rows.multi_chunk or self.cols.multi_chunk:
+            chunk_pairs = self.rows.chunks[:, None] * self.cols.chunks[None, :]
+            self.multi_chunk_cells = (chunk_pairs > 1).flatten()
         # Flat source offsets of each cell's four corners (top-left, top-right, bottom-left,
         # bottom-right), (4, h * w).
         rows = torch.arange(height, device=device)
@@ -195,20 +200,22 @@ class _Grid:
         """The blocks of slots of the flat source ``cells`` (see ``_Block``)."""
         row, col = cells // self.in_size[1], cells % self.in_size[1]
         rows, cols = self.rows, self.cols
-        row_chunk, col_chunk = rows.first_chunk[row], cols.first_chunk[col]
+        row_chunk = rows.first_chunk.index_select(0, row)
+        col_chunk = cols.first_chunk.index_select(0, col)
         source = None
-        if rows.multi_chunk or cols.multi_chunk:  # edge cells: one entry per chunk pair
-            col_chunks = cols.chunks[col]
-            repeats = rows.chunks[row] * col_chunks
-            if bool((repeats > 1).any()):
-                source = torch.repeat_interleave(repeats)
-                rank = torch.arange(source.numel(), device=cells.device) - (
-                    torch.cumsum(repeats, 0) - repeats
-                ).index_select(0, source)
-                col_chunks = col_chunks.index_select(0, source)
-                row_chunk = row_chunk.index_select(0, source) + rank // col_chunks
-                col_chunk = col_chunk.index_select(0, source) + rank % col_chunks
-                cells = cells.index_select(0, source)
+        if self.multi_chunk_cells is not None and bool(
+            self.multi_chunk_cells.index_select(0, cells).any()
+        ):  # edge cells: one entry per pair of chunks
+            col_chunks = cols.chunks.index_select(0, col)
+            repeats = rows.chunks.index_select(0, row) * col_chunks
+            source = torch.repeat_interleave(repeats)
+            rank = torch.arange(source.numel(), device=cells.device) - (
+                torch.cumsum(repeats, 0) - repeats
+            ).index_select(0, source)
+            col_chunks = col_chunks.index_select(0, source)
+            row_chunk = row_chunk.index_select(0, source) + rank // col_chunks
+            col_chunk = col_chunk.index_select(0, source) + rank % col_chunks
+            cells = cells.index_select(0, source)
         return _Block(
             cells,
             source,
