@@ -477,7 +477,8 @@ def test_forked_child_starts_its_own_thread_pool(two_torch_threads):
     """A forked process inherits the pool object but none of its threads."""
     from maskformer.processing import postprocess
 
-    PROCESSOR.post_process_semantic_segmentation(realistic_outputs(batch=2, seed=13))
+    outputs = realistic_outputs(batch=2, seed=13)
+    PROCESSOR.post_process_semantic_segmentation(outputs, target_sizes=[(20, 30)] * 2)
     assert postprocess._POOL is not None
     pid = os.fork()
     if pid == 0:  # child: no torch kernels here (OpenMP itself is not fork-safe)

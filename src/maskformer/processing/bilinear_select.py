@@ -324,20 +324,26 @@ class ResizedMaps:
         decided = number == 1
         cell_leader = index_sum.to(torch.int64).clamp_(max=count - 1).view(grid.in_size)
         decided_pixels = torch.where(decided, grid.pixels_per_cell_sum.to(candidates.dtype), 0)
-        confident_lower = None
-        if threshold is None:
-            won_counts = torch.mv(candidates, decided_pixels).to(torch.int64)
-        else:  # the winner's values in a decided cell are at least the floor
-            above = decided_pixels * (floor >= self._threshold_margins(threshold)[0])
-            won_counts = torch.mv(candidates, decided_pixels).to(torch.int64)
-            confident_lower = torch.mv(candidates, above).to(torch.int64)
+        # Pixels of the decided cells per leader (and, with a threshold, of those whose floor,
+        # hence the leader's every value, reaches it).
+        per_cell = decided_pixels[None]
+        if threshold is not None:
+            above = torch.where(floor >= self._threshold_margins(threshold)[0], decided_pixels, 0)
+            per_cell = torch.stack([decided_pixels, above])
+        sums = per_cell.new_zeros(per_cell.shape[0], count)
+        sums.scatter_add_(1, cell_leader.view(1, -1).expand_as(per_cell), per_cell)
+        won_counts, *confident_lower = sums.to(torch.int64).unbind(0)
+        confident_lower = confident_lower[0] if confident_lower else None
         contested = (~decided & grid.has_pixels).nonzero()[:, 0]
         if contested.numel() == 0:
             empty = torch.empty(0, dtype=torch.int64, device=device)
             return ArgmaxParts(cell_leader, empty, empty, won_counts, confident_lower)
         # Most contested cells lie on the border of two regions: two candidates i < j, read off
-        # the sums (i + j, i^2 + j^2). The others take a table of their candidates.
+        # the sums (i + j, i^2 + j^2). The others (and the few edge cells with several chunks)
+        # take a table of their candidates.
         pair = number[contested] == 2
+        if grid.multi_chunk_cells is not None:
+            pair &= ~grid.multi_chunk_cells[contested]
         pixels, pixel_leader = [], []
         for cells, kind in [(contested[pair], "pair"), (contested[~pair], "table")]:
             if cells.numel() == 0:
