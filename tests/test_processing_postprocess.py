@@ -451,8 +451,8 @@ def two_torch_threads():
 
 
 def test_images_on_the_thread_pool_match_reference(reference, two_torch_threads):
-    outputs = realistic_outputs(batch=3, seed=11)
-    sizes = [(50, 70), (31, 23), (64, 90)]
+    outputs = realistic_outputs(batch=3, seed=11, height=128, width=160)  # pool-sized
+    sizes = [(150, 210), (31, 23), (64, 90)]
     ours = PROCESSOR.post_process_panoptic_segmentation(outputs, target_sizes=sizes)
     theirs = reference.post_process_panoptic_segmentation(
         outputs, target_sizes=sizes, label_ids_to_fuse=set()
@@ -466,7 +466,7 @@ def test_images_on_the_thread_pool_match_reference(reference, two_torch_threads)
 
 
 def test_post_processing_ignores_gradients(two_torch_threads):
-    outputs = realistic_outputs(batch=2, seed=12)
+    outputs = realistic_outputs(batch=2, seed=12, height=128, width=160)
     outputs.masks_queries_logits.requires_grad_(True)
     with torch.no_grad():  # grad mode is per thread: the pool must not depend on it
         results = PROCESSOR.post_process_panoptic_segmentation(outputs, target_sizes=[(20, 30)] * 2)
@@ -477,7 +477,7 @@ def test_forked_child_starts_its_own_thread_pool(two_torch_threads):
     """A forked process inherits the pool object but none of its threads."""
     from maskformer.processing import postprocess
 
-    outputs = realistic_outputs(batch=2, seed=13)
+    outputs = realistic_outputs(batch=2, seed=13, height=128, width=160)
     PROCESSOR.post_process_semantic_segmentation(outputs, target_sizes=[(20, 30)] * 2)
     assert postprocess._POOL is not None
     pid = os.fork()
@@ -496,3 +496,24 @@ def test_near_ties_use_torch_values_of_the_whole_stack():
     full = F.interpolate(maps[None], size=(30, 27), mode="bilinear", align_corners=False)[0]
     weighted = full * scale[:, None, None]
     assert torch.equal(resized_argmax(maps, (30, 27), scale), weighted.argmax(0))
+
+
+def test_thread_pool_leaves_the_callers_thread_count(two_torch_threads, monkeypatch):
+    """The workers use half of the threads each; the caller, and threads started later, keep
+    the caller's setting."""
+    import threading
+
+    from maskformer.processing import postprocess
+
+    monkeypatch.setattr(postprocess, "_POOL", None)
+    outputs = realistic_outputs(batch=2, seed=14, height=128, width=160)
+    PROCESSOR.post_process_panoptic_segmentation(outputs, target_sizes=[(30, 40)] * 2)
+    pool = postprocess._POOL[1]
+    assert torch.get_num_threads() == 2
+    assert pool.submit(torch.get_num_threads).result() == 1
+    seen = []
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert seen == [2]
+    pool.shutdown()

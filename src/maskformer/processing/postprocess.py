@@ -26,8 +26,12 @@ from maskformer.processing.bilinear_select import ResizedMaps, resized_argmax
 
 TargetSizes = Sequence[tuple[int, int]] | torch.Tensor | None
 
-_POOL: ThreadPoolExecutor | None = None
+# Images are post-processed two at a time on CPU (see ``_map_images``): the pool, and the
+# torch thread count it was made for.
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
 _POOL_LOCK = threading.Lock()
+# Below this many logits per image, handing images to the pool costs more than it saves.
+_POOL_MIN_ELEMENTS = 2**18
 
 
 def _forget_pool() -> None:
@@ -39,21 +43,56 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
+def _use_threads(threads: int) -> None:
+    """Give the calling (new) thread ``threads`` torch threads. torch sets a thread's count
+    lazily, from the process default, at its first query: query first, then set."""
+    torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    """Two workers sharing the caller's ``threads`` torch threads (half each).
+
+    ``torch.set_num_threads`` in a worker sets that thread's own count, and also the default
+    for threads started later, so the caller's setting is put back once both workers run."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != threads:
+            if _POOL is not None:
+                _POOL[1].shutdown(wait=False)
+            pool = ThreadPoolExecutor(
+                max_workers=2,
+                thread_name_prefix="maskformer-postprocess",
+                initializer=_use_threads,
+                initargs=(max(1, threads // 2),),
+            )
+            started = threading.Barrier(3)
+            for _ in range(2):
+                pool.submit(started.wait)
+            started.wait()
+            torch.set_num_threads(threads)
+            _POOL = (threads, pool)
+        return _POOL[1]
+
+
 def _map_images(
     function: Callable[..., Any], device: torch.device, *columns: Sequence[Any]
 ) -> list[Any]:
-    """``[function(*row) for row in zip(*columns)]``. On CPU with more than one torch thread,
-    two images run at a time on a small shared thread pool: torch kernels release the GIL, and
-    the work of one image is mostly mid-sized operations that it cannot spread over the cores."""
-    global _POOL
+    """``[function(*row) for row in zip(*columns)]``; ``columns[0]`` holds each image's logits.
+
+    On CPU with more than one torch thread, two images run at a time on a small shared thread
+    pool, each with half of the threads: torch kernels release the GIL, and the work of one
+    image is mostly mid-sized operations that it cannot spread over the cores."""
     rows = list(zip(*columns))
-    if len(rows) < 2 or device.type != "cpu" or torch.get_num_threads() < 2:
+    threads = torch.get_num_threads()
+    if (
+        len(rows) < 2
+        or device.type != "cpu"
+        or threads < 2
+        or rows[0][0].numel() < _POOL_MIN_ELEMENTS
+    ):
         return [function(*row) for row in rows]
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="maskformer-postprocess")
-        pool = _POOL
-    return list(pool.map(lambda row: function(*row), rows))
+    return list(_thread_pool(threads).map(lambda row: function(*row), rows))
 
 
 # ----------------------------------------------------------------------------------------------
