@@ -253,15 +253,16 @@ def _exact(
 @dataclass
 class ArgmaxParts:
     """The argmax of resized maps, kept compact: ``cell_leader`` ``(h, w)`` is the answer at
-    every output pixel of its cell except at ``pixels`` (flat output indices ``(P,)``, a pixel
-    may repeat with the same answer), whose answers are ``pixel_leader`` ``(P,)``;
+    every output pixel of its cell except at ``pixels`` (flat output indices, one ``(P,)``
+    tensor per group of cells; a pixel may repeat with the same answer), whose answers are
+    ``pixel_leader`` (likewise);
     ``won_counts`` ``(N,)`` counts output pixels per map. With a threshold,
     ``confident_lower`` ``(N,)`` counts the output pixels of the cells each map wins whole with
     every pixel at or above the threshold: a lower bound of its threshold count."""
 
     cell_leader: torch.Tensor
-    pixels: torch.Tensor
-    pixel_leader: torch.Tensor
+    pixels: tuple[torch.Tensor, ...]
+    pixel_leader: tuple[torch.Tensor, ...]
     won_counts: torch.Tensor
     confident_lower: torch.Tensor | None = None
 
@@ -301,7 +302,8 @@ class ResizedMaps:
         the lowest index like ``argmax``."""
         parts = self.argmax_parts()
         result = self.grid.expand(parts.cell_leader)
-        result.view(-1)[parts.pixels] = parts.pixel_leader
+        for pixels, leader in zip(parts.pixels, parts.pixel_leader):
+            result.view(-1)[pixels] = leader
         return result
 
     def argmax_parts(self, threshold: float | None = None) -> ArgmaxParts:
@@ -336,8 +338,7 @@ class ResizedMaps:
         confident_lower = confident_lower[0] if confident_lower else None
         contested = (~decided & grid.has_pixels).nonzero()[:, 0]
         if contested.numel() == 0:
-            empty = torch.empty(0, dtype=torch.int64, device=device)
-            return ArgmaxParts(cell_leader, empty, empty, won_counts, confident_lower)
+            return ArgmaxParts(cell_leader, (), (), won_counts, confident_lower)
         # Most contested cells lie on the border of two regions: two candidates i < j, read off
         # the sums (i + j, i^2 + j^2). The others (and the few edge cells with several chunks)
         # take a table of their candidates.
@@ -362,7 +363,7 @@ class ResizedMaps:
             pixels.append(group[0])
             pixel_leader.append(group[1])
         return ArgmaxParts(
-            cell_leader, torch.cat(pixels), torch.cat(pixel_leader), won_counts, confident_lower
+            cell_leader, tuple(pixels), tuple(pixel_leader), won_counts, confident_lower
         )
 
     def _candidate_table(
@@ -425,16 +426,15 @@ class ResizedMaps:
         first, second = self._corners(table, block)  # (4, cells) each
         margin = (first + second).amax(dim=0) * (2 * _SLACK) + 2 * _TINY  # (cells,)
         difference = block.interpolate(first - second)  # (rows, cols, cells)
-        second_leads = torch.lt(difference, 0, out=torch.empty_like(difference))  # 1.0 / 0.0
-        step = (table[1] - table[0]).to(difference.dtype)
-        leader = torch.addcmul(table[0].to(difference.dtype), second_leads, step).to(torch.int64)
+        second_leads = difference < 0
+        leader = table[0] + (table[1] - table[0]) * second_leads
         clearance = difference.abs().sub_(margin)  # <= 0: a near tie
         pixels = block.pixels()
         if bool(clearance.amin() <= 0):
             near_tie = clearance <= 0
             involved = near_tie.flatten(0, 1).any(dim=0).expand(2, -1)  # (2, cells)
             leader = self._settle_near_ties(leader, near_tie, involved, table, pixels)
-            second_leads = (leader == table[1]).to(difference.dtype)
+            second_leads = leader == table[1]
         won_second = (second_leads * block.first_slots()).sum(dim=(0, 1)).long()  # (cells,)
         won_counts.index_add_(0, table[1], won_second)
         won_counts.index_add_(0, table[0], block.pixel_count.to(torch.int64) - won_second)

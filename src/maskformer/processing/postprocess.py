@@ -447,8 +447,8 @@ def post_process_panoptic_segmentation(
         else:
             cell_ids = ids.index_select(0, winner.cell_leader.flatten())
             segmentation = resized.grid.expand(cell_ids.view(winner.cell_leader.shape))
-            pixel_ids = ids.index_select(0, winner.pixel_leader)
-            segmentation.view(-1).scatter_(0, winner.pixels, pixel_ids)
+            for pixels, leader in zip(winner.pixels, winner.pixel_leader):
+                segmentation.view(-1).scatter_(0, pixels, ids.index_select(0, leader))
 
         info = torch.stack(
             [ids.to(torch.float64), kept_labels.to(torch.float64), kept_scores.to(torch.float64)]
