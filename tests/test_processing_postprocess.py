@@ -517,3 +517,26 @@ def test_thread_pool_leaves_the_callers_thread_count(two_torch_threads, monkeypa
     later.join()
     assert seen == [2]
     pool.shutdown()
+
+
+def test_scratch_memory_is_reused_within_a_limit_and_released(reference, monkeypatch):
+    from maskformer.processing import postprocess
+
+    outputs = realistic_outputs(batch=2, seed=15)
+    sizes = [(50, 70), (31, 23)]
+    expected = reference.post_process_panoptic_segmentation(
+        outputs, target_sizes=sizes, label_ids_to_fuse=set()
+    )
+    for limit in (64 * 2**20, 1000):  # reused, and too small to keep anything
+        monkeypatch.setattr(postprocess, "_SCRATCH_LIMIT", limit)
+        postprocess.release_scratch_memory()
+        for _ in range(2):  # the second call reuses what the first one kept
+            ours = PROCESSOR.post_process_panoptic_segmentation(outputs, target_sizes=sizes)
+            for a, b in zip(ours, expected, strict=True):
+                assert a["segments_info"] == _dedup_by_id(b["segments_info"])
+                assert torch.equal(a["segmentation"], b["segmentation"])
+        held = postprocess._SCRATCH.buffers
+        assert (set(held) == {"probs", "work", "bounds"}) == (limit > 1000)
+        assert sum(t.numel() * t.element_size() for t in held.values()) <= limit
+    postprocess.release_scratch_memory()
+    assert postprocess._SCRATCH.buffers == {} and postprocess._POOL is None

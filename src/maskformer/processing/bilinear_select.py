@@ -24,6 +24,7 @@ maps involved: results are identical to resizing everything, ties included.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -267,27 +268,42 @@ class ArgmaxParts:
     confident_lower: torch.Tensor | None = None
 
 
+Allocator = Callable[[str, tuple[int, ...], torch.dtype, torch.device], torch.Tensor]
+
+
+def _fresh(
+    name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The default ``Allocator``: a new tensor."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 class ResizedMaps:
     """Non-negative maps ``(N, h, w)``, each times ``scale[n]``, as if resized bilinearly to
     ``size``; answers argmax and threshold-count queries without resizing them.
 
     Construction computes, per map and source cell, the smallest and largest of the cell's four
-    (scaled) corners: ``cell_min`` and ``cell_max``, each ``(N, h * w)``.
+    (scaled) corners: ``cell_min`` and ``cell_max``, each ``(N, h * w)``. ``allocate(name,
+    shape, dtype, device)`` provides its large temporaries (``"work"``, ``"bounds"``; default:
+    fresh tensors); they are in use until the object is dropped.
     """
 
     def __init__(
-        self, maps: torch.Tensor, size: tuple[int, int], scale: torch.Tensor | None = None
+        self,
+        maps: torch.Tensor,
+        size: tuple[int, int],
+        scale: torch.Tensor | None = None,
+        allocate: Allocator | None = None,
     ):
         self.maps, self.size, self.scale = maps.contiguous(), tuple(size), scale
         self.count = count = maps.shape[0]
         self.grid = _grid(tuple(maps.shape[-2:]), self.size, maps.device)
+        self._allocate = allocate or _fresh
         # One allocation for the large temporaries: a scratch plane (and the scaled maps) now,
         # candidate flags and threshold flags later.
         planes = 1 if scale is None else 2
-        self._work = torch.empty(
-            (planes, *maps.shape), dtype=self.grid.sum_dtype, device=maps.device
-        )
-        bounds = torch.empty((2, *maps.shape), dtype=maps.dtype, device=maps.device)
+        self._work = self._allocate("work", (planes, *maps.shape), self.grid.sum_dtype, maps.device)
+        bounds = self._allocate("bounds", (2, *maps.shape), maps.dtype, maps.device)
         scaled = (
             self.maps if scale is None else torch.mul(maps, scale[:, None, None], out=self._work[1])
         )
@@ -472,8 +488,8 @@ class ResizedMaps:
         the source cells alone: int64 ``(N,)`` each."""
         above, near = self._threshold_margins(threshold)
         if self._work.shape[0] < 2:
-            self._work = torch.empty(
-                (2, *self.maps.shape), dtype=self._work.dtype, device=self._work.device
+            self._work = self._allocate(
+                "work", (2, *self.maps.shape), self._work.dtype, self._work.device
             )
         flags = self._work.view(2, self.count, -1)
         torch.ge(self.cell_min, above, out=flags[0])  # whole cell above

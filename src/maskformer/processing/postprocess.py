@@ -12,6 +12,7 @@ differences are listed in the project README ("Differences from transformers 4.3
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -32,6 +33,48 @@ _POOL: tuple[int, ThreadPoolExecutor] | None = None
 _POOL_LOCK = threading.Lock()
 # Below this many logits per image, handing images to the pool costs more than it saves.
 _POOL_MIN_ELEMENTS = 2**18
+
+
+# Large scratch tensors are reused between calls, per thread: fresh memory costs a page fault
+# per 4 KiB at first touch, which otherwise dominates these passes (and varies with the state of
+# the C allocator). Up to this many bytes are kept per thread.
+_SCRATCH_LIMIT = 64 * 2**20
+
+
+class _Scratch(threading.local):
+    """This thread's reusable scratch tensors, by name (an ``Allocator`` for ``ResizedMaps``)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def __call__(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        numel = math.prod(shape)
+        if device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=device)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
+            self.buffers.pop(name, None)
+            held = sum(kept.numel() * kept.element_size() for kept in self.buffers.values())
+            if held + numel * dtype.itemsize > _SCRATCH_LIMIT:
+                return torch.empty(shape, dtype=dtype)
+            buffer = self.buffers[name] = torch.empty(numel, dtype=dtype)
+        return buffer[:numel].view(shape)
+
+
+_SCRATCH = _Scratch()
+
+
+def release_scratch_memory() -> None:
+    """Free the scratch memory that post-processing keeps for reuse (this thread's, and the
+    worker threads', whose pool is shut down; the next call starts a new one)."""
+    global _POOL
+    _SCRATCH.buffers.clear()
+    with _POOL_LOCK:
+        if _POOL is not None:
+            _POOL[1].shutdown(wait=True)
+            _POOL = None
 
 
 def _forget_pool() -> None:
@@ -408,7 +451,9 @@ def post_process_panoptic_segmentation(
         height, width = size if size is not None else image_logits.shape[-2:]
         keep = (labels != num_classes) & (scores > threshold)
         kept = keep.nonzero()[:, 0]
-        kept_probs = image_logits.index_select(0, kept).sigmoid_()  # (kept, h, w)
+        probs_shape = (kept.numel(), *image_logits.shape[1:])
+        kept_probs = _SCRATCH("probs", probs_shape, image_logits.dtype, device)
+        torch.index_select(image_logits, 0, kept, out=kept_probs).sigmoid_()  # (kept, h, w)
         kept_scores, kept_labels = scores[kept], labels[kept]
         count = kept_probs.shape[0]
         if count == 0:
@@ -421,7 +466,7 @@ def post_process_panoptic_segmentation(
             won_area = torch.bincount(winner.flatten(), minlength=count)
             valid = _passes_area_checks(won_area, confident_area, overlap_mask_area_threshold)
         else:  # same as resizing the probabilities first, without resizing them all
-            resized = ResizedMaps(kept_probs, size, kept_scores)
+            resized = ResizedMaps(kept_probs, size, kept_scores, allocate=_SCRATCH)
             winner = resized.argmax_parts(threshold=mask_threshold)  # compact (H, W) argmax
             won_area = winner.won_counts
             # The area checks need exact confident areas only where bounds leave them open:
