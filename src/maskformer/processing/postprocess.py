@@ -387,11 +387,10 @@ def _area_checks_from_bounds(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``_passes_area_checks`` for confident areas known only as ``lower <= area <= upper``:
     the outcome where the bounds settle it, and which queries they leave open."""
-    valid = _passes_area_checks(won_area, upper, overlap_mask_area_threshold)
+    checks = _passes_area_checks(won_area, torch.stack([upper, lower]), overlap_mask_area_threshold)
+    valid = checks[0]
     # Monotone in the confident area from 1 pixel on; 0 pixels always fails.
-    open_maps = (valid != _passes_area_checks(won_area, lower, overlap_mask_area_threshold)) | (
-        (lower == 0) & (upper > 0) & (won_area > 0)
-    )
+    open_maps = (valid != checks[1]) | ((lower == 0) & (upper > 0) & (won_area > 0))
     return valid, open_maps
 
 
@@ -484,7 +483,12 @@ def post_process_panoptic_segmentation(
             if bool(open_maps.any()):
                 confident_area = resized.threshold_counts(mask_threshold, maps=open_maps)
                 valid = _passes_area_checks(won_area, confident_area, overlap_mask_area_threshold)
-        fused = torch.isin(kept_labels, torch.tensor(fuse, dtype=kept_labels.dtype, device=device))
+        if fuse:
+            fused = torch.isin(
+                kept_labels, torch.tensor(fuse, dtype=kept_labels.dtype, device=device)
+            )
+        else:
+            fused = torch.zeros_like(valid)
         ids, opens = _panoptic_segment_ids(kept_labels, valid, fused)
         ids = ids.to(torch.int32)
         if size is None:
