@@ -306,11 +306,15 @@ def post_process_instance_segmentation(
         # score = class prob * mean mask prob <= class prob: only pairs whose class prob reaches
         # the threshold can be kept, so masks are scored for those alone.
         candidates = (top_scores >= threshold).nonzero()[:, 0]
-        chosen_logits = image_mask_logits[queries[candidates]]  # (candidates, h, w)
-        binary = (chosen_logits > 0).float()
-        mask_scores = (chosen_logits.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (
-            binary.flatten(1).sum(1) + 1e-6
-        )
+        shape = (candidates.numel(), *image_mask_logits.shape[1:])
+        chosen = _SCRATCH("chosen", shape, image_mask_logits.dtype, device)
+        torch.index_select(image_mask_logits, 0, queries[candidates], out=chosen)  # (cand., h, w)
+        binary = torch.gt(chosen, 0, out=_SCRATCH("binary", shape, torch.float32, device))
+        mask_area = binary.flatten(1).sum(1)
+        product_dtype = torch.promote_types(chosen.dtype, binary.dtype)
+        weighted = _SCRATCH("weighted", shape, product_dtype, device)
+        torch.mul(chosen.sigmoid_(), binary, out=weighted)
+        mask_scores = weighted.flatten(1).sum(1) / (mask_area + 1e-6)
         scores = top_scores[candidates] * mask_scores
         passing = (scores >= threshold).nonzero()[:, 0]
         passing_masks = binary[passing]  # (passing, h, w)
