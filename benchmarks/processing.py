@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="child processes per implementation and workload"
+        "--rounds", type=int, default=5, help="child processes per implementation and workload"
     )
     parser.add_argument(
         "--only", nargs="+", choices=sorted(TARGETS), help="run these workloads only"
