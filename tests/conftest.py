@@ -31,6 +31,16 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def two_torch_threads():
+    """Two torch threads for one test (the suite pins one): the processor then encodes label
+    maps on a background thread and post-processes two images at a time on a pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def hf():
     """The transformers 4.34.1 oracle (test-only dependency)."""

@@ -441,15 +441,6 @@ def test_outputs_without_logits_raise():
 # ------------------------------------------------------------------------ images on a thread pool
 
 
-@pytest.fixture
-def two_torch_threads():
-    """Two torch threads: the post-processors then run two images at a time on a pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_images_on_the_thread_pool_match_reference(reference, two_torch_threads):
     outputs = realistic_outputs(batch=3, seed=11, height=128, width=160)  # pool-sized
     sizes = [(150, 210), (31, 23), (64, 90)]

@@ -402,15 +402,6 @@ def test_missing_local_path_raises_without_touching_the_hub(tmp_path):
         MaskFormerImageProcessor.from_pretrained("./not-here")
 
 
-@pytest.fixture
-def two_torch_threads():
-    """Two torch threads: label maps are then encoded in a background thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_background_label_encoding_matches_reference(hf, two_torch_threads):
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(30, 40), (44, 28)]]
