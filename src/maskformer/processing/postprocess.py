@@ -1,10 +1,12 @@
 """Turn MaskFormer logits into semantic, instance and panoptic segmentations.
 
-Pure functions on torch tensors. ``outputs`` is anything with ``class_queries_logits``
+Functions of torch tensors. ``outputs`` is anything with ``class_queries_logits``
 ``(batch, queries, classes + 1)`` (the last class is "no object") and ``masks_queries_logits``
-``(batch, queries, height, width)``. Everything runs on the logits' device; the only host
-transfers are one batched ``.tolist()`` per image to build ``segments_info`` (and the RLE
-encoding, which is host-side by nature).
+``(batch, queries, height, width)``. Everything runs on the logits' device; the host reads one
+batched ``.tolist()`` per image to build ``segments_info`` (and the RLE encoding, host-side by
+nature), plus the sizes of data-dependent selections. On CPU, images can run two at a time on a
+small thread pool, and large scratch tensors are kept per thread for the next call (see
+``_map_images`` and ``_Scratch``).
 
 The results equal transformers 4.34.1 on every input it handles correctly; the deliberate
 differences are listed in the project README ("Differences from transformers 4.34.1").
