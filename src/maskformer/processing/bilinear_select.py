@@ -41,6 +41,8 @@ _SHRINK = (1 - _SLACK) / (1 + _SLACK)
 _NEAR = 2e-6
 # Absolute margin for values in float32's subnormal range, where relative bounds fail.
 _TINY = 1e-36
+# (i + j) -/+ (j - i) = 2i, 2j
+_PAIR_SIGNS = torch.tensor([[-1.0], [1.0]])
 
 
 @dataclass
@@ -268,6 +270,13 @@ class ArgmaxParts:
     confident_lower: torch.Tensor | None = None
 
 
+@functools.lru_cache(maxsize=16)
+def _index_weights(count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Rows of ones, indices and squared indices of ``count`` maps: ``(3, count)``."""
+    index = torch.arange(count, device=device, dtype=torch.float64)
+    return torch.stack([torch.ones_like(index), index, index * index]).to(dtype)
+
+
 Allocator = Callable[[str, tuple[int, ...], torch.dtype, torch.device], torch.Tensor]
 
 
@@ -309,6 +318,7 @@ class ResizedMaps:
         )
         _neighbour_reduce(scaled, torch.maximum, out=bounds[0], scratch=self._work[0])
         _neighbour_reduce(scaled, torch.minimum, out=bounds[1], scratch=self._work[0])
+        self._scaled = scaled  # until threshold_count_bounds reuses the work planes
         self.cell_max, self.cell_min = bounds.view(2, count, -1)
 
     # -- argmax ---------------------------------------------------------------------------------
@@ -333,11 +343,10 @@ class ResizedMaps:
         torch.ge(self.cell_max, floor * _SHRINK - 2 * _TINY, out=candidates)  # 1.0 / 0.0
         # Per cell, the number of candidates and the sums of their indices and squared indices
         # (exact: whole numbers below 2**24, or float64), in one product.
-        index = torch.arange(count, device=device, dtype=torch.float64)
-        weights = torch.stack([torch.ones_like(index), index, index * index])
         if count >= 1024:
             candidates = candidates.double()
-        number, index_sum, square_sum = torch.mm(weights.to(candidates.dtype), candidates)
+        weights = _index_weights(count, candidates.dtype, device)
+        number, index_sum, square_sum = torch.mm(weights, candidates)
         # A lone candidate leads everywhere in its cell (cells without output pixels: anywhere).
         decided = number == 1
         cell_leader = index_sum.to(torch.int64).clamp_(max=count - 1).view(grid.in_size)
@@ -368,9 +377,10 @@ class ResizedMaps:
             block = grid.block(cells)
             cells = block.cells  # edge cells repeat, once per chunk of their block
             if kind == "pair":
-                both = index_sum[cells]
-                gap = (2 * square_sum[cells] - both * both).sqrt_()
-                table = torch.stack([both - gap, both + gap]).div_(2).round_().to(torch.int64)
+                both, squares = index_sum[cells], square_sum[cells]
+                gap = torch.addcmul(2 * squares, both, both, value=-1).sqrt_()
+                table = torch.addcmul(both, gap, _PAIR_SIGNS.to(gap.device, gap.dtype))
+                table = table.mul_(0.5).round_().to(torch.int64)  # (2, cells): i, j
                 group = self._pair_argmax(table, block, won_counts)
             else:
                 width = int(number[cells].max())
@@ -462,8 +472,9 @@ class ResizedMaps:
         count = self.count
         map_index = table.clamp(max=count - 1) if padded else table
         offsets = block.corner_offsets + (map_index * self.grid.plane)[:, None]
-        corners = self.maps.view(-1).index_select(0, offsets.view(-1)).view(offsets.shape)
-        if self.scale is not None:
+        source = self.maps if self._scaled is None else self._scaled
+        corners = source.reshape(-1).index_select(0, offsets.view(-1)).view(offsets.shape)
+        if self.scale is not None and self._scaled is None:
             corners *= self.scale.index_select(0, map_index.view(-1)).view(-1, 1, table.shape[1])
         if padded:
             corners.masked_fill_((table >= count)[:, None], -1.0)
@@ -491,6 +502,8 @@ class ResizedMaps:
             self._work = self._allocate(
                 "work", (2, *self.maps.shape), self._work.dtype, self._work.device
             )
+        if self.scale is not None:  # the scaled maps live in the work planes
+            self._scaled = None
         flags = self._work.view(2, self.count, -1)
         torch.ge(self.cell_min, above, out=flags[0])  # whole cell above
         torch.ge(self.cell_max, near, out=flags[1])  # some output pixel may be above
