@@ -192,7 +192,9 @@ class _Grid:
             [top + cols, top + next_cols, bottom + cols, bottom + next_cols]
         ).view(4, -1)
         # Flat source cell of every output pixel, (H, W).
-        self.cell_of_pixel = self.rows.first[:, None] * width + self.cols.first[None, :]
+        self.cell_of_pixel = (self.rows.first[:, None] * width + self.cols.first[None, :]).to(
+            torch.int32 if height * width < 2**31 else torch.int64
+        )
 
     def expand(self, cell_values: torch.Tensor) -> torch.Tensor:
         """Per-cell values ``(h, w)`` copied to every output pixel of their cell: ``(H, W)``."""
@@ -261,13 +263,15 @@ class ArgmaxParts:
     ``pixel_leader`` (likewise);
     ``won_counts`` ``(N,)`` counts output pixels per map. With a threshold,
     ``confident_lower`` ``(N,)`` counts the output pixels of the cells each map wins whole with
-    every pixel at or above the threshold: a lower bound of its threshold count."""
+    every pixel at or above the threshold, ``confident_upper`` ``(N,)`` those of the cells where
+    it may reach the threshold: bounds of its threshold count."""
 
     cell_leader: torch.Tensor
     pixels: tuple[torch.Tensor, ...]
     pixel_leader: tuple[torch.Tensor, ...]
     won_counts: torch.Tensor
     confident_lower: torch.Tensor | None = None
+    confident_upper: torch.Tensor | None = None
 
 
 @functools.lru_cache(maxsize=16)
@@ -334,11 +338,13 @@ class ResizedMaps:
 
     def argmax_parts(self, threshold: float | None = None) -> ArgmaxParts:
         """The argmax, compact (see ``ArgmaxParts``); ties go to the lowest index. With
-        ``threshold``, also ``confident_lower``."""
+        ``threshold``, also ``confident_lower`` and ``confident_upper``."""
         grid, count, device = self.grid, self.count, self.maps.device
         # Candidates per cell: maps whose largest corner reaches the cell's floor, the best
         # smallest corner of any map (margins absorb the rounding of single samples).
         floor = self.cell_min.amax(dim=0)  # (h * w,)
+        # While the largest corners are at hand: the threshold count's upper bound.
+        confident_upper = None if threshold is None else self.threshold_count_upper(threshold)
         candidates = self._work[0].view(count, -1)
         torch.ge(self.cell_max, floor * _SHRINK - 2 * _TINY, out=candidates)  # 1.0 / 0.0
         # Per cell, the number of candidates and the sums of their indices and squared indices
@@ -363,7 +369,7 @@ class ResizedMaps:
         confident_lower = confident_lower[0] if confident_lower else None
         contested = (~decided & grid.has_pixels).nonzero()[:, 0]
         if contested.numel() == 0:
-            return ArgmaxParts(cell_leader, (), (), won_counts, confident_lower)
+            return ArgmaxParts(cell_leader, (), (), won_counts, confident_lower, confident_upper)
         # Most contested cells lie on the border of two regions: two candidates i < j, read off
         # the sums (i + j, i^2 + j^2). The others (and the few edge cells with several chunks)
         # take a table of their candidates.
@@ -389,7 +395,12 @@ class ResizedMaps:
             pixels.append(group[0])
             pixel_leader.append(group[1])
         return ArgmaxParts(
-            cell_leader, tuple(pixels), tuple(pixel_leader), won_counts, confident_lower
+            cell_leader,
+            tuple(pixels),
+            tuple(pixel_leader),
+            won_counts,
+            confident_lower,
+            confident_upper,
         )
 
     def _candidate_table(

@@ -477,7 +477,7 @@ def post_process_panoptic_segmentation(
             # The area checks need exact confident areas only where bounds leave them open:
             # first the cheap ones (cells won whole above the threshold; cells that may reach
             # it), then the cell bounds of every map, then exact counts.
-            lower, upper = winner.confident_lower, resized.threshold_count_upper(mask_threshold)
+            lower, upper = winner.confident_lower, winner.confident_upper
             valid, open_maps = _area_checks_from_bounds(
                 won_area, lower, upper, overlap_mask_area_threshold
             )
