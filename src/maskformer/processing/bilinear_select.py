@@ -17,8 +17,9 @@ the smallest and the largest of its cell's four corners, and per cell:
 Only the output pixels of the remaining cells are sampled, as one block of slots per cell for
 each of its candidate maps, with a few large tensor operations per group of cells. Our float32
 rounding can differ from torch's in the last bits, so decisions within a relative ``2e-6`` of a
-tie (or of the threshold) are finally re-evaluated with ``F.interpolate`` itself, on just the
-maps involved: results are identical to resizing everything, ties included.
+tie (or of the threshold) are finally re-evaluated with ``F.interpolate`` itself (on the whole
+stack, since torch's kernel vectorises across maps) and read for just the maps involved: results
+are identical to resizing everything, ties included.
 """
 
 from __future__ import annotations
