@@ -148,3 +148,49 @@ def resolve_folder(
     except Exception as error:  # network, auth, missing repo, offline
         raise _hub_error(name, "the checkpoint", error) from None
     return Path(local) / subfolder
+
+
+class PushToHubMixin:
+    """``push_to_hub`` for anything with ``save_pretrained(folder, **kwargs)`` (model, config,
+    processor): saved into a temporary folder, then uploaded with ``huggingface_hub``."""
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        use_auth_token: str | bool | None = None,
+        **save_kwargs: Any,
+    ) -> Any:
+        """Create ``repo_id`` if needed and upload what ``save_pretrained`` writes, in one commit.
+
+        Returns what ``HfApi.upload_folder`` returns (the commit's URL or info).
+        """
+        import tempfile
+
+        if not isinstance(repo_id, str) or not repo_id.strip():
+            raise ValueError(f"repo_id must be a non-empty 'owner/name' string, got {repo_id!r}")
+        if hub_offline():
+            raise OSError(f"cannot push to {repo_id!r}: offline mode is on (HF_HUB_OFFLINE)")
+        from huggingface_hub import HfApi
+
+        token = token if token is not None else use_auth_token
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory(prefix="maskformer-push-") as folder:
+            self.save_pretrained(folder, **save_kwargs)
+            try:
+                repo = api.create_repo(repo_id, private=private, exist_ok=True)
+                target = getattr(repo, "repo_id", repo_id)
+                return api.upload_folder(
+                    repo_id=target,
+                    folder_path=folder,
+                    commit_message=commit_message or f"Upload {type(self).__name__}",
+                    revision=revision,
+                    create_pr=create_pr,
+                )
+            except Exception as error:  # network, auth, permissions
+                raise _hub_error(repo_id, "the upload", error) from None
