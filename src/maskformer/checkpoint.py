@@ -1,195 +1,102 @@
-"""Reading and writing checkpoints in the Hugging Face layout.
+"""``from_pretrained`` / ``save_pretrained`` for the models, with the keywords of transformers 4.34.1.
 
-A checkpoint directory holds ``config.json`` and the weights, as ``model.safetensors`` (preferred)
-or ``pytorch_model.bin``, or sharded with a ``*.index.json`` file. ``.bin`` files are read only
-through ``torch.load(weights_only=True)``: a file carrying arbitrary pickled objects is refused
-without running them. Writes go to a temporary file first and are moved into place with
-``os.replace``, so an interrupted save never leaves a truncated file behind.
+Loading takes a folder or hub id (``revision``, ``cache_dir``, ``token`` / ``use_auth_token``,
+``subfolder``, ``local_files_only``, ``force_download`` honoured through
+:mod:`maskformer.utils.hub`), ``variant`` and ``use_safetensors`` to pick the weights file,
+``state_dict=`` to take the weights from a dict, ``device_map`` naming one device,
+``torch_dtype`` and ``output_loading_info`` (``(model, {"missing_keys", "unexpected_keys",
+"mismatched_keys", "error_msgs"})``, keys named as in the checkpoint, like the reference).
+Weights holding NaN / inf are named in a :class:`NonFiniteWeightsWarning`. Files are written
+atomically (:mod:`maskformer.utils.atomic`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import pickle
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from maskformer.configuration import CONFIG_NAME, MaskFormerConfig, atomic_write_file
+from maskformer.checkpoint_files import (
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHT_FILES,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    add_variant,
+    describe_names,
+    is_state_dict,
+    load_state_dict,
+    locate_weights,
+    non_finite_tensors,
+)
+from maskformer.checkpoint_state import MismatchedSizesError, load_weights
+from maskformer.config_loading import checked_id2label
+from maskformer.configuration import MaskFormerConfig
 from maskformer.modeling.initialization import no_init_weights
+from maskformer.utils.atomic import atomic_torch_save, atomic_write_bytes
+from maskformer.utils.hub import PushToHubMixin, pop_hub_kwargs
 
 if TYPE_CHECKING:
     from maskformer.modeling.maskformer import MaskFormerPreTrainedModel
 
+__all__ = [
+    "SAFE_WEIGHTS_INDEX_NAME",
+    "SAFE_WEIGHTS_NAME",
+    "WEIGHTS_INDEX_NAME",
+    "WEIGHTS_NAME",
+    "WEIGHT_FILES",
+    "MismatchedSizesError",
+    "NonFiniteWeightsWarning",
+    "load_pretrained",
+    "load_state_dict",
+    "resolve_device_map",
+    "save_pretrained",
+]
+
 logger = logging.getLogger("maskformer")
 
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-WEIGHTS_NAME = "pytorch_model.bin"
-WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
-WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
-
-# Keys whose absence is expected and harmless: the unused final Swin layernorm (absent from every
-# converted hub checkpoint), buffers the model rebuilds from its config.
-_HARMLESS_MISSING_SUFFIXES = (
-    "pixel_level_module.encoder.model.layernorm.weight",
-    "pixel_level_module.encoder.model.layernorm.bias",
-    "relative_position_index",
-    "criterion.empty_weight",
-)
-_HUB_KWARGS = ("cache_dir", "force_download", "revision", "token", "local_files_only", "proxies")
+# Keywords of the reference that change how it loads (memory, telemetry), never the result.
+_NO_EFFECT_KEYWORDS = ("low_cpu_mem_usage", "_fast_init", "_from_auto", "_from_pipeline", "mirror")
+_SPLITTING_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+_PUSH_KEYWORDS = ("commit_message", "private", "token", "use_auth_token", "create_pr", "revision")
 
 
-# ---------------------------------------------------------------------- locating files
+class NonFiniteWeightsWarning(UserWarning):
+    """A checkpoint holds NaN or inf values (the message names the tensors)."""
 
 
-def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike, **hub_kwargs: Any) -> Path:
-    """A local directory for ``path_or_hub_id``: the directory itself, or a hub snapshot."""
-    path = Path(path_or_hub_id)
-    if path.is_dir():
-        return path
-    if path.is_file():
+def resolve_device_map(device_map: Any) -> torch.device | None:
+    """The one device ``device_map`` names: ``"cpu"``, ``"cuda:1"``, a ``torch.device``, a GPU
+    index, or ``{"": device}``. Maps that split a model across devices raise ``ValueError``."""
+    if device_map is None:
+        return None
+    if isinstance(device_map, dict) and set(device_map) == {""}:
+        device_map = device_map[""]
+    supported = "a device ('cpu', 'cuda', 'cuda:1'), a torch.device, a GPU index or {'': device}"
+    if isinstance(device_map, torch.device):
+        device = device_map
+    elif isinstance(device_map, int) and not isinstance(device_map, bool) and device_map >= 0:
+        device = torch.device("cuda", device_map)
+    elif isinstance(device_map, str) and device_map not in _SPLITTING_DEVICE_MAPS:
+        try:
+            device = torch.device(device_map)
+        except RuntimeError:
+            raise ValueError(
+                f"device_map={device_map!r} is not a device; pass {supported}"
+            ) from None
+    else:
         raise ValueError(
-            f"{str(path)!r} is a file; pass the directory that holds config.json and the weights"
+            f"device_map={device_map!r} is not supported: pass {supported}; "
+            "splitting one model across devices is not implemented"
         )
-    name = str(path_or_hub_id)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip():
-        raise FileNotFoundError(f"checkpoint directory {name!r} does not exist")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover - declared dependency
-        raise ImportError(
-            f"{name!r} is not a local directory; downloading it needs huggingface_hub"
-        ) from None
-    try:
-        local = snapshot_download(
-            name,
-            allow_patterns=["*.json", "*.safetensors", "*.bin"],
-            **{k: v for k, v in hub_kwargs.items() if v is not None},
-        )
-    except Exception as error:  # offline, unknown repo, auth...
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise OSError(
-            f"{name!r} is not a local directory and could not be fetched from the Hugging Face hub "
-            f"({type(error).__name__}: {first_line})"
-        ) from None
-    return Path(local)
-
-
-def find_weights_file(directory: Path) -> Path:
-    """The weights file to read in ``directory``, preferring safetensors."""
-    for name in WEIGHT_FILES:
-        if (directory / name).is_file():
-            return directory / name
-    raise FileNotFoundError(
-        f"no weights in {str(directory)!r}: expected one of {', '.join(WEIGHT_FILES)}"
-    )
-
-
-# ---------------------------------------------------------------------- reading weights
-
-
-def _load_bin(path: Path) -> dict[str, Tensor]:
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"refusing to load {str(path)!r}: it contains pickled objects other than tensors, which "
-            "could run arbitrary code (only torch.load(weights_only=True) payloads are accepted). "
-            f"Details: {str(error).splitlines()[0] if str(error) else ''}"
-        ) from None
-    except (RuntimeError, EOFError) as error:
-        raise ValueError(f"cannot read {str(path)!r} as a PyTorch weights file: {error}") from None
-    if not isinstance(state_dict, dict) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in state_dict.items()
-    ):
-        raise ValueError(f"{str(path)!r} does not hold a state dict (a dict of name -> tensor)")
-    return state_dict
-
-
-def _load_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"cannot read {str(path)!r} as a safetensors file: {error}") from None
-
-
-def load_state_dict(weights_file: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a ``.safetensors`` / ``.bin`` file, or every shard listed by an ``*.index.json``."""
-    path = Path(weights_file)
-    if path.name.endswith(".index.json"):
-        index = json.loads(path.read_text(encoding="utf-8"))
-        shard_names = sorted(set(index.get("weight_map", {}).values()))
-        if not shard_names:
-            raise ValueError(f"index file {str(path)!r} lists no shards")
-        state_dict: dict[str, Tensor] = {}
-        for shard in shard_names:
-            shard_path = path.parent / shard
-            if not shard_path.is_file():
-                raise FileNotFoundError(f"shard {shard!r} listed in {str(path)!r} is missing")
-            state_dict.update(load_state_dict(shard_path))
-        return state_dict
-    if path.suffix == ".safetensors":
-        return _load_safetensors(path)
-    return _load_bin(path)
-
-
-# ---------------------------------------------------------------------- matching names
-
-
-def _align_prefix(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Add or strip the ``model.`` prefix between MaskFormerModel and the head model layouts."""
-    prefix = "model."
-    model_keys = model.state_dict().keys()
-    model_has_prefix = any(k.startswith(prefix) for k in model_keys)
-    ckpt_has_prefix = any(k.startswith(prefix) for k in state_dict)
-    if model_has_prefix and not ckpt_has_prefix:
-        return {prefix + k: v for k, v in state_dict.items()}
-    if ckpt_has_prefix and not model_has_prefix:
-        return {
-            k[len(prefix) :]: v
-            for k, v in state_dict.items()
-            if k.startswith(prefix)  # the head's own weights have no place in the base model
-        }
-    return state_dict
-
-
-def _is_harmless_missing(key: str) -> bool:
-    return key.endswith(_HARMLESS_MISSING_SUFFIXES)
-
-
-def _owner_module(model: nn.Module, key: str) -> nn.Module:
-    module_name = key.rsplit(".", 1)[0] if "." in key else ""
-    return model.get_submodule(module_name)
-
-
-@torch.no_grad()
-def _reinitialise(model: MaskFormerPreTrainedModel, keys: list[str]) -> None:
-    """Fresh random values for the modules owning ``keys`` (missing or mismatched weights)."""
-    seen: set[int] = set()
-    for key in keys:
-        if key.endswith("criterion.empty_weight"):
-            criterion = _owner_module(model, key)
-            weight = torch.ones_like(criterion.empty_weight)
-            weight[-1] = model.config.no_object_weight
-            criterion.empty_weight.copy_(weight)
-            continue
-        if key.endswith("relative_position_index"):
-            continue  # rebuilt by the constructor
-        module = _owner_module(model, key)
-        if id(module) not in seen:
-            seen.add(id(module))
-            model._init_weights(module)
-
-
-# ---------------------------------------------------------------------- public entry points
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device_map={device_map!r}: CUDA is not available on this machine")
+    return device
 
 
 def _as_dtype(value: Any) -> torch.dtype | None:
@@ -221,109 +128,123 @@ def _resolve_dtype(
     )
 
 
+def _prepare_config(
+    path: str | os.PathLike | None,
+    config: MaskFormerConfig | None,
+    hub_kwargs: dict[str, Any],
+    labels: dict[str, Any],
+    overrides: dict[str, Any],
+) -> MaskFormerConfig:
+    """The config to build the model from: read from ``path`` or copied from ``config`` (the
+    caller's object is never modified), with label and field overrides applied."""
+    if config is None:
+        if path is None:
+            raise ValueError("from_pretrained(None, ...) needs config= and state_dict=")
+        config = MaskFormerConfig.from_pretrained(path, **hub_kwargs)
+    elif not isinstance(config, MaskFormerConfig):
+        raise TypeError(f"config must be a MaskFormerConfig, got {type(config).__name__}")
+    else:
+        config = MaskFormerConfig.from_dict(config.to_dict())
+    if path is not None:
+        config.name_or_path = str(path)
+    id2label, label2id, num_labels = labels["id2label"], labels["label2id"], labels["num_labels"]
+    if id2label is not None:
+        config.id2label = checked_id2label(id2label)
+        config.label2id = {v: k for k, v in config.id2label.items()}
+    if label2id is not None:
+        config.label2id = dict(label2id)
+    if num_labels is not None and (id2label is None or len(id2label) != num_labels):
+        config.num_labels = num_labels
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise TypeError(
+                f"from_pretrained() got an unexpected keyword argument {key!r} (not a config field)"
+            )
+        setattr(config, key, value)
+    return config
+
+
 def load_pretrained(
     model_class: type[MaskFormerPreTrainedModel],
-    pretrained_model_name_or_path: str | os.PathLike,
+    pretrained_model_name_or_path: str | os.PathLike | None,
     config: MaskFormerConfig | None = None,
     num_labels: int | None = None,
     id2label: dict[int, str] | None = None,
     label2id: dict[str, int] | None = None,
     ignore_mismatched_sizes: bool = False,
     torch_dtype: torch.dtype | str | None = None,
+    output_loading_info: bool = False,
+    state_dict: dict[str, Tensor] | None = None,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+    device_map: Any = None,
     **config_overrides: Any,
-) -> MaskFormerPreTrainedModel:
-    """Build ``model_class`` from a checkpoint directory (or hub id) and load its weights.
+) -> Any:
+    """Build ``model_class`` from a checkpoint folder (or hub id) and load its weights.
 
     Missing weights (other than the known harmless ones) and unused checkpoint entries are
-    reported with a warning; shape mismatches raise ``ValueError`` unless
-    ``ignore_mismatched_sizes=True``, in which case those layers are re-initialised (warning).
+    logged; shape mismatches raise :class:`MismatchedSizesError` unless
+    ``ignore_mismatched_sizes=True``, in which case those layers are re-initialised (logged).
+    Returns the model in eval mode, or ``(model, loading_info)`` with ``output_loading_info``.
     """
-    hub_kwargs = {k: config_overrides.pop(k) for k in _HUB_KWARGS if k in config_overrides}
-    for ignored in ("low_cpu_mem_usage", "device_map", "use_safetensors", "trust_remote_code"):
-        config_overrides.pop(ignored, None)
-    directory = resolve_checkpoint_dir(pretrained_model_name_or_path, **hub_kwargs)
+    hub_kwargs = pop_hub_kwargs(config_overrides)
+    for key in _NO_EFFECT_KEYWORDS:
+        config_overrides.pop(key, None)
+    if config_overrides.pop("trust_remote_code", None):
+        logger.warning("trust_remote_code has no effect: maskformer never runs code from a hub")
+    for key in ("from_tf", "from_flax"):
+        if config_overrides.pop(key, False):
+            raise ValueError(f"{key}=True: only PyTorch and safetensors weights can be loaded")
+    device = resolve_device_map(device_map)
+    labels = {"id2label": id2label, "label2id": label2id, "num_labels": num_labels}
+    path = pretrained_model_name_or_path
+    config = _prepare_config(path, config, hub_kwargs, labels, config_overrides)
 
-    if config is None:
-        config = MaskFormerConfig.from_json_file(directory / CONFIG_NAME)
-        config._name_or_path = str(pretrained_model_name_or_path)
-    elif not isinstance(config, MaskFormerConfig):
-        raise TypeError(f"config must be a MaskFormerConfig, got {type(config).__name__}")
+    if state_dict is None:
+        if path is None:
+            raise ValueError("from_pretrained(None, ...) needs config= and state_dict=")
+        weights_file = locate_weights(path, variant, use_safetensors, **hub_kwargs)
+        state_dict = load_state_dict(weights_file)
+        source = str(weights_file)
+    elif not is_state_dict(state_dict):
+        raise TypeError("state_dict must be a dict of parameter name -> tensor")
     else:
-        config = MaskFormerConfig.from_dict(config.to_dict())  # never modify the caller's object
-    if id2label is not None:
-        config.id2label = {int(k): v for k, v in id2label.items()}
-        config.label2id = {v: k for k, v in config.id2label.items()}
-    if label2id is not None:
-        config.label2id = {k: int(v) for k, v in label2id.items()}
-    if num_labels is not None and (id2label is None or len(id2label) != num_labels):
-        config.num_labels = num_labels
-    for key, value in config_overrides.items():
-        if not hasattr(config, key):
-            raise TypeError(
-                f"from_pretrained() got an unexpected keyword argument {key!r} (not a config field)"
-            )
-        setattr(config, key, value)
-
-    state_dict = load_state_dict(find_weights_file(directory))
+        state_dict, source = dict(state_dict), "the state_dict argument"
+    non_finite = non_finite_tensors(state_dict)
+    if non_finite:
+        warnings.warn(
+            NonFiniteWeightsWarning(
+                f"{source}: NaN or inf values in {describe_names(non_finite)}; "
+                "the model's outputs will not be finite"
+            ),
+            stacklevel=3,
+        )
     dtype = _resolve_dtype(torch_dtype, config, state_dict)
 
     with no_init_weights():
         model = model_class(config)
     if dtype is not None:
         model.to(dtype)
-    state_dict = _align_prefix(state_dict, model)
-
-    expected = model.state_dict()
-    mismatched = [
-        (key, tuple(state_dict[key].shape), tuple(tensor.shape))
-        for key, tensor in expected.items()
-        if key in state_dict and state_dict[key].shape != tensor.shape
-    ]
-    mismatch_listing = "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched)
-    if mismatched and not ignore_mismatched_sizes:
-        raise ValueError(
-            f"weights in {str(pretrained_model_name_or_path)!r} do not fit the model: "
-            f"{mismatch_listing}. "
-            "Pass ignore_mismatched_sizes=True to re-initialise these layers instead."
-        )
-    mismatched_keys = {key for key, _, _ in mismatched}
-    for key in mismatched_keys:
-        del state_dict[key]
-
-    missing = [k for k in expected if k not in state_dict and k not in mismatched_keys]
-    unexpected = [k for k in state_dict if k not in expected]
-    for key in unexpected:
-        del state_dict[key]
-    model.load_state_dict(state_dict, strict=False)
-
-    reported_missing = [k for k in missing if not _is_harmless_missing(k)]
-    rebuilt = [k for k in missing if k.endswith("criterion.empty_weight")]
-    _reinitialise(model, reported_missing + [k for k, _, _ in mismatched] + rebuilt)
-
-    if reported_missing:
-        logger.warning(
-            "Some weights of %s were not in the checkpoint %s and are newly initialised: %s",
-            model_class.__name__,
-            pretrained_model_name_or_path,
-            ", ".join(reported_missing),
-        )
-    if unexpected:
-        logger.warning(
-            "Some weights of the checkpoint %s were not used by %s: %s",
-            pretrained_model_name_or_path,
-            model_class.__name__,
-            ", ".join(unexpected),
-        )
-    if mismatched:
-        logger.warning(
-            "Some weights of %s were re-initialised because their shapes differ from the "
-            "checkpoint %s: %s",
-            model_class.__name__,
-            pretrained_model_name_or_path,
-            mismatch_listing,
-        )
+    info = load_weights(model, state_dict, ignore_mismatched_sizes, str(path or source))
+    if device is not None:
+        model.to(device)
     model.eval()
-    return model
+    return (model, info) if output_loading_info else model
+
+
+def _size_in_bytes(size: int | str) -> int:
+    """``10_000_000``, ``"10GB"``, ``"200MB"``, ``"5GiB"`` -> bytes."""
+    if isinstance(size, int):
+        return size
+    text = str(size).strip().upper()
+    units = {"GIB": 2**30, "MIB": 2**20, "KIB": 2**10, "GB": 10**9, "MB": 10**6, "KB": 10**3}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            try:
+                return int(float(text[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    raise ValueError(f"max_shard_size must be bytes or a size such as '10GB', got {size!r}")
 
 
 def save_pretrained(
@@ -331,17 +252,36 @@ def save_pretrained(
     save_directory: str | os.PathLike,
     safe_serialization: bool = True,
     state_dict: dict[str, Tensor] | None = None,
+    variant: str | None = None,
+    is_main_process: bool = True,
+    push_to_hub: bool = False,
+    max_shard_size: int | str = "10GB",
     **kwargs: Any,
 ) -> None:
-    """Write ``config.json`` and the weights into ``save_directory`` (created if needed)."""
+    """Write ``config.json`` and the weights into ``save_directory`` (created if needed).
+
+    The weights are one file (``model[.<variant>].safetensors`` or ``pytorch_model[...].bin``);
+    ``push_to_hub=True`` then uploads to ``repo_id`` (default: the folder's name).
+    """
+    repo_id = kwargs.pop("repo_id", None)
+    push_kwargs = {key: kwargs.pop(key) for key in _PUSH_KEYWORDS if key in kwargs}
+    if kwargs:
+        raise TypeError(f"save_pretrained() got unexpected keyword(s) {sorted(kwargs)}")
     directory = Path(save_directory)
     if directory.is_file():
         raise ValueError(f"save_directory {str(directory)!r} is a file, not a directory")
-    directory.mkdir(parents=True, exist_ok=True)
-
+    if not is_main_process:
+        return
     if state_dict is None:
         state_dict = model.state_dict()
     tensors = {key: value.detach().contiguous() for key, value in state_dict.items()}
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    if total > _size_in_bytes(max_shard_size):
+        logger.warning(
+            "max_shard_size=%s: the %d bytes of weights are written as one file (no sharding)",
+            max_shard_size,
+            total,
+        )
     dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), None)
 
     config = model.config
@@ -350,18 +290,22 @@ def save_pretrained(
         config.torch_dtype = dtype
     config.save_pretrained(directory)
 
+    names = [add_variant(name, variant) for name in WEIGHT_FILES]
     if safe_serialization:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        target = directory / SAFE_WEIGHTS_NAME
-        atomic_write_file(target, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        stale = (WEIGHTS_NAME, WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_INDEX_NAME)
+        atomic_write_bytes(directory / names[0], save(tensors, metadata={"format": "pt"}))
+        stale = names[1:]
     else:
-        target = directory / WEIGHTS_NAME
-        atomic_write_file(target, lambda tmp: torch.save(tensors, tmp))
-        stale = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME)
+        atomic_torch_save(tensors, directory / names[2])
+        stale = [names[0], names[1], names[3]]
     # Weights of the other format would shadow (or be shadowed by) the new file: remove them.
     for name in stale:
         old = directory / name
         if old.is_file():
             old.unlink()
+    if push_to_hub:
+        save_kwargs = {"safe_serialization": safe_serialization, "variant": variant}
+        PushToHubMixin.push_to_hub(
+            model, repo_id or directory.resolve().name, **push_kwargs, **save_kwargs
+        )

@@ -120,6 +120,37 @@ def resolve_file(path_or_hub_id: str | os.PathLike, filename: str, **hub_kwargs:
         raise _hub_error(name, filename, error) from None
 
 
+def resolve_optional_file(
+    path_or_hub_id: str | os.PathLike, filename: str, **hub_kwargs: Any
+) -> Path | None:
+    """Like :func:`resolve_file` for a folder or hub id, but None when the folder or repository
+    has no ``filename`` (offline: when the cache has none); other failures still raise."""
+    name = os.fspath(path_or_hub_id)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        candidate = path / (hub_kwargs.get("subfolder") or "") / filename
+        return candidate if candidate.is_file() else None
+    if path.is_file():
+        raise ValueError(f"{name!r} is a file; pass the folder that holds config.json and weights")
+    _check_hub_id(name)
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ImportError(f"{name!r} is a hub id; fetching it needs huggingface_hub") from None
+    options = _download_kwargs(hub_kwargs)
+    try:
+        return Path(hf_hub_download(name, filename, **options))
+    except LocalEntryNotFoundError as error:  # not cached: absent offline, unreachable online
+        if options.get("local_files_only"):
+            return None
+        raise _hub_error(name, filename, error) from None
+    except EntryNotFoundError:  # the repository has no such file
+        return None
+    except Exception as error:  # network, auth, missing repo or revision
+        raise _hub_error(name, filename, error) from None
+
+
 def resolve_folder(
     path_or_hub_id: str | os.PathLike,
     allow_patterns: Sequence[str] = ("*.json", "*.safetensors", "*.bin"),
