@@ -225,7 +225,8 @@ class ConfigLoadingMixin:
         override config fields, and with ``return_unused_kwargs=True`` the ones that are not
         fields come back as ``(config, unused)``.
         """
-        kwargs.update(cache_dir=cache_dir, revision=revision, token=token)
+        given = {"cache_dir": cache_dir, "revision": revision, "token": token}
+        kwargs.update({key: value for key, value in given.items() if value is not None})
         if force_download:
             kwargs["force_download"] = True
         if local_files_only:
