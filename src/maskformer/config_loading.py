@@ -180,8 +180,10 @@ class ConfigLoadingMixin:
         """``cls.from_dict(config_dict)`` with any error prefixed by the file it came from."""
         try:
             return cls.from_dict(config_dict)
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"{path}: {error}") from None
+        except TypeError as error:
+            raise TypeError(f"{path}: {error}") from None
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
     @classmethod
     def from_json_file(cls, json_file: str | os.PathLike) -> Any:

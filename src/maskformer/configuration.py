@@ -111,7 +111,7 @@ class SwinConfig(BackboneConfigMixin, BaseConfig):
 
     def __init__(
         self,
-        image_size: int = 224,
+        image_size: int | list[int] = 224,
         patch_size: int = 4,
         num_channels: int = 3,
         embed_dim: int = 96,
