@@ -77,6 +77,11 @@ def test_state_dict_keyword(tmp_path):
         None, config=other.config, state_dict=other.state_dict()
     )
     assert same_weights(no_folder, other)
+    other.config.save_pretrained(tmp_path / "config-only")
+    from_paths = MaskFormerForInstanceSegmentation.from_pretrained(
+        tmp_path, config=str(tmp_path / "config-only"), state_dict=other.state_dict()
+    )
+    assert same_weights(from_paths, other)
     with pytest.raises(ValueError, match="needs config= and state_dict="):
         MaskFormerForInstanceSegmentation.from_pretrained(None, config=other.config)
     with pytest.raises(TypeError, match="state_dict must be a dict"):

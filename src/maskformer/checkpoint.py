@@ -135,12 +135,13 @@ def _prepare_config(
     labels: dict[str, Any],
     overrides: dict[str, Any],
 ) -> MaskFormerConfig:
-    """The config to build the model from: read from ``path`` or copied from ``config`` (the
-    caller's object is never modified), with label and field overrides applied."""
-    if config is None:
-        if path is None:
+    """The config to build the model from: read from ``path`` (or from ``config`` when it is a
+    folder or file), or copied from ``config`` (the caller's object is never modified), with label
+    and field overrides applied."""
+    if config is None or isinstance(config, (str, os.PathLike)):
+        if config is None and path is None:
             raise ValueError("from_pretrained(None, ...) needs config= and state_dict=")
-        config = MaskFormerConfig.from_pretrained(path, **hub_kwargs)
+        config = MaskFormerConfig.from_pretrained(path if config is None else config, **hub_kwargs)
     elif not isinstance(config, MaskFormerConfig):
         raise TypeError(f"config must be a MaskFormerConfig, got {type(config).__name__}")
     else:

@@ -186,6 +186,11 @@ class ConfigLoadingMixin:
             raise ValueError(f"{path}: {error}") from None
 
     @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+        """The JSON object in ``json_file`` (the reference's helper of the same name)."""
+        return read_config_file(json_file)
+
+    @classmethod
     def from_json_file(cls, json_file: str | os.PathLike) -> Any:
         """A config from a JSON file; errors name the file (and the field)."""
         return cls._from_file(Path(json_file), read_config_file(json_file))
