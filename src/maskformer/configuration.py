@@ -11,23 +11,10 @@ import copy
 from typing import Any, ClassVar
 
 from maskformer.config_compat import (
-    COMPATIBLE_TRANSFORMERS_VERSION,
-    CONFIG_NAME,
-    BaseConfig,
+    COMPATIBLE_TRANSFORMERS_VERSION as COMPATIBLE_TRANSFORMERS_VERSION,
 )
-
-__all__ = [
-    "BACKBONE_CONFIG_CLASSES",
-    "COMPATIBLE_TRANSFORMERS_VERSION",
-    "CONFIG_NAME",
-    "DECODER_CONFIG_CLASSES",
-    "BaseConfig",
-    "DetrConfig",
-    "MaskFormerConfig",
-    "MaskFormerSwinConfig",
-    "ResNetConfig",
-    "SwinConfig",
-]
+from maskformer.config_compat import CONFIG_NAME as CONFIG_NAME  # re-exported, like BaseConfig
+from maskformer.config_compat import BaseConfig
 
 # ---------------------------------------------------------------------- backbone configs
 
