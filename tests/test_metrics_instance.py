@@ -101,10 +101,14 @@ def test_rle_input_and_float_masks() -> None:
     metric.update_from_rle(
         64,
         64,
-        gt_annotations=[{"segmentation": r, "category_id": 4} for r in rles],
+        # RLE counts are accepted as bytes (what pycocotools gives) and as str (what json holds).
+        gt_annotations=[
+            {"segmentation": {"size": r["size"], "counts": r["counts"].encode()}, "category_id": 4}
+            for r in rles
+        ],
         detections=[
             {
-                "segmentation": {"size": r["size"], "counts": r["counts"].decode()},
+                "segmentation": r,
                 "category_id": 4,
                 "score": 0.5,
             }

@@ -17,6 +17,7 @@ from maskformer.evaluation.label_files import (
 )
 from maskformer.evaluation.panoptic import CategoriesArg, PanopticQualityMetric
 from maskformer.evaluation.semantic import SemanticSegmentationMetric
+from maskformer.utils.constants import IGNORE_INDEX
 
 
 def _progress(items: list, enabled: bool, description: str) -> Any:
@@ -31,7 +32,7 @@ def evaluate_semantic_folders(
     gt_dir: PathLike,
     pred_dir: PathLike,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     reduce_labels: bool = False,
     class_names: Sequence[str] | None = None,
     progress: bool = False,
@@ -100,11 +101,11 @@ def evaluate_panoptic_folders(
         categories = gt_data["categories"]
     metric = PanopticQualityMetric(categories, category_names)
 
-    predictions = {str(a.get("image_id")): a for a in pred_data["annotations"]}
+    predictions = {str(a["image_id"]): a for a in pred_data["annotations"]}
     gt_annotations = gt_data["annotations"]
-    unpredicted = [
-        a.get("image_id") for a in gt_annotations if str(a.get("image_id")) not in predictions
-    ]
+    if not gt_annotations:
+        raise ValueError(f"ground-truth json {gt_json} lists no images (empty 'annotations')")
+    unpredicted = [a["image_id"] for a in gt_annotations if str(a["image_id"]) not in predictions]
     if unpredicted:
         raise ValueError(
             f"{pred_json} has no prediction for {len(unpredicted)} ground-truth images, e.g. "
@@ -116,7 +117,7 @@ def evaluate_panoptic_folders(
         pred_ids = read_panoptic_png(pred_dir / pred_annotation["file_name"])
         if pred_ids.shape != gt_ids.shape:
             raise ValueError(
-                f"prediction {pred_annotation['file_name']} is {pred_ids.shape[1]}x"
+                f"prediction {pred_dir / pred_annotation['file_name']} is {pred_ids.shape[1]}x"
                 f"{pred_ids.shape[0]} but its ground truth is {gt_ids.shape[1]}x{gt_ids.shape[0]}"
             )
         try:
@@ -127,7 +128,9 @@ def evaluate_panoptic_folders(
                 gt_annotation.get("segments_info", []),
             )
         except ValueError as error:
-            raise ValueError(f"image_id {gt_annotation['image_id']}: {error}") from error
+            raise ValueError(
+                f"{pred_json}, image_id {gt_annotation['image_id']!r}: {error}"
+            ) from error
     results = metric.compute()
     results["num_images"] = len(gt_annotations)
     return results
