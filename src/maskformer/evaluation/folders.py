@@ -28,6 +28,13 @@ def _progress(items: list, enabled: bool, description: str) -> Any:
     return tqdm(items, desc=description, unit="image")
 
 
+def _check_folder(folder: Path, what: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{what} {folder} is a file, not a folder")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} {folder} does not exist")
+
+
 def evaluate_semantic_folders(
     gt_dir: PathLike,
     pred_dir: PathLike,
@@ -46,8 +53,7 @@ def evaluate_semantic_folders(
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     for folder, what in ((gt_dir, "ground-truth folder"), (pred_dir, "prediction folder")):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{what} {folder} does not exist")
+        _check_folder(folder, what)
     gt_files = sorted(gt_dir.glob("*.png"))
     if not gt_files:
         raise ValueError(f"ground-truth folder {gt_dir} holds no .png label files")
@@ -93,8 +99,7 @@ def evaluate_panoptic_folders(
     gt_data, pred_data = load_panoptic_json(gt_json), load_panoptic_json(pred_json)
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     for folder, what in ((gt_dir, "ground-truth PNG folder"), (pred_dir, "prediction PNG folder")):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{what} {folder} does not exist")
+        _check_folder(folder, what)
     if categories is None:
         if "categories" not in gt_data:
             raise ValueError(f"{gt_json} has no 'categories'; pass `categories`")
