@@ -11,6 +11,11 @@ from pycocotools import mask as mask_utils
 
 from maskformer.evaluation import InstanceSegmentationMetric, encode_masks
 
+# Tolerances in this file: COCOeval's AP is the float64 mean of 101 interpolated precisions, each
+# a ratio of small integer counts (matching is on exact RLE IoUs of binary masks: no float
+# accumulation that depends on the CPU or thread count). The results are a few ulps from the exact
+# fractions (25.5 / 101, 0.1, ...), so pytest.approx's default relative 1e-6 holds with margin.
+
 
 def _square(top: int, left: int, size: int = 10, shape=(64, 64)) -> np.ndarray:
     mask = np.zeros(shape, dtype=bool)
