@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import shutil
 import sys
 
 import numpy as np
@@ -171,6 +173,9 @@ def test_bad_input_paths_are_one_line_naming_them(model_dir, tmp_path, capsys):
     photo(tmp_path / "ids" / "0123.png")
     photo(tmp_path / "ids" / "123.png")
     cases.append(([tmp_path / "ids"], ["0123.png", "123.png", "image_id"]))
+    if hasattr(os, "mkfifo"):  # neither a file nor a folder
+        os.mkfifo(tmp_path / "pipe.png")
+        cases.append(([tmp_path / "pipe.png"], ["pipe.png"]))
     for inputs, names in cases:
         code, _, lines = run(predict_argv(model_dir, inputs, out), capsys)
         assert_one_line(code, lines, *names)
@@ -214,10 +219,20 @@ def test_bad_models_and_devices_are_one_line(model_dir, tmp_path, capsys):
     broken = tmp_path / "broken_model"
     broken.mkdir()
     (broken / "config.json").write_text("{ not json")
+    wrong_shape, bad_processor, bad_weights = (
+        shutil.copytree(model_dir, tmp_path / name)
+        for name in ("wrong_shape", "bad_processor", "bad_weights")
+    )
+    (wrong_shape / "config.json").write_text("[]")  # json, but not a config
+    (bad_processor / "preprocessor_config.json").write_text("{oops")
+    (bad_weights / "model.safetensors").write_bytes(b"garbage")
     for model, name in (
         (tmp_path / "no_such_model", "no_such_model"),
         (weights_file, "weights.safetensors"),
         (broken, "broken_model"),
+        (wrong_shape, "wrong_shape"),
+        (bad_processor, "preprocessor_config.json"),
+        (bad_weights, "bad_weights"),
     ):
         code, _, lines = run(predict_argv(model, [image], out), capsys)
         assert_one_line(code, lines, name)

@@ -36,16 +36,18 @@ def test_unreadable_images_and_odd_names_skip_only_themselves(model_dir, tmp_pat
     (inputs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
     (inputs / "empty.jpg").write_bytes(b"")
     (inputs / "bad\nname.png").write_bytes(b"GIF89a")  # a newline in the name, and corrupt
+    long_stem = "x" * 240  # a valid input name, but ".STEM.png.XXXXXXXX.tmp" exceeds 255 bytes
+    photo(inputs / f"{long_stem}.png", seed=3)
     out = tmp_path / "out"
     code, _, lines = run(predict_argv(model_dir, [inputs], out, "--task", "panoptic"), capsys)
 
     assert code == 1, lines
     skipped = [line for line in lines if line.startswith("skipped")]
     # one line per bad file (the newline is shown escaped), then the summary
-    assert len(lines) == len(skipped) + 1 == 4, lines
-    for name in ("corrupt.png", "empty.jpg", "bad\\nname.png"):
+    assert len(lines) == len(skipped) + 1 == 5, lines
+    for name in ("corrupt.png", "empty.jpg", "bad\\nname.png", f"{long_stem}.png"):
         assert sum(name in line for line in skipped) == 1, (name, skipped)
-    assert "segmented 3 of 6" in lines[-1]
+    assert "segmented 3 of 7" in lines[-1]
     records = json.loads((out / "panoptic.json").read_text())["annotations"]
     assert sorted(map(str, (r["image_id"] for r in records))) == sorted(["good", "١٢٣", "²"])
     assert all(isinstance(r["image_id"], str) for r in records)

@@ -174,13 +174,30 @@ def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ handlers
 def _load(args: argparse.Namespace):
+    """The model and its processor; any failure to load them is one ``ModelLoadError`` line
+    naming ``--model`` (a config of the wrong shape, corrupt weights, a bad processor file)."""
     import torch
 
-    from maskformer.engine.loading import load_model, load_processor, resolve_device
+    from maskformer.engine.loading import ModelLoadError, load_model, load_processor, resolve_device
+    from maskformer.engine.segment import OUT_OF_MEMORY, first_line
 
     device = resolve_device(args.device)
-    model = load_model(args.model, device, getattr(torch, args.dtype))
-    return model, load_processor(args.model)
+    try:
+        model = load_model(args.model, device, getattr(torch, args.dtype))
+    except (ModelLoadError, *OUT_OF_MEMORY):
+        raise
+    except Exception as error:
+        raise ModelLoadError(
+            f"cannot load model {args.model}: {type(error).__name__}: {first_line(error)}"
+        ) from error
+    try:
+        processor = load_processor(args.model)
+    except Exception as error:
+        raise ModelLoadError(
+            f"cannot load the image processor of {args.model} (preprocessor_config.json): "
+            f"{type(error).__name__}: {first_line(error)}"
+        ) from error
+    return model, processor
 
 
 def _run_predict(args: argparse.Namespace) -> int:

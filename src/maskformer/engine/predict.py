@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from maskformer.engine.prediction_files import (  # noqa: F401 - re-exported, the public names
+    check_output_name,
     image_id_of,
     instance_records,
     instance_result_to_arrays,
@@ -132,6 +133,8 @@ def collect_image_paths(inputs: Sequence[str | Path]) -> list[Path]:
             )
         elif entry_path.is_file():
             paths.append(entry_path)
+        elif entry_path.exists():
+            raise ValueError(f"input {entry} is neither a file nor a folder")
         elif glob.has_magic(str(entry)):
             matches = sorted(Path(p) for p in glob.glob(str(entry)) if Path(p).is_file())
             if not matches:
@@ -243,6 +246,7 @@ def _predict_locked(
             images, loaded = [], []
             for path in batch:
                 try:
+                    check_output_name(path)
                     images.append(load_rgb_image(path))
                     loaded.append(path)
                 except (ValueError, OSError) as error:

@@ -23,6 +23,8 @@ from maskformer.utils.atomic import atomic_save_image, atomic_write_json
 from maskformer.utils.coco import encode_rle, panoptic_ids_to_rgb
 
 LOCK_NAME = ".maskformer-predict.lock"
+NAME_MAX_BYTES = 255
+"""The longest file name most file systems take (ext4, xfs, btrfs, APFS, NTFS in UTF-16)."""
 
 
 # ------------------------------------------------------------------------------------ image ids
@@ -34,6 +36,19 @@ def image_id_of(path: Path) -> int | str:
     """
     stem = Path(path).stem
     return int(stem) if stem.isascii() and stem.isdigit() else stem
+
+
+def check_output_name(path: Path) -> None:
+    """``ValueError`` naming ``path`` when the outputs named after it (``STEM.png`` and the
+    temporary ``.STEM.png.XXXXXXXX.tmp`` it is first written to) would exceed the file system's
+    name limit: that image is skipped instead of failing the run at its first write."""
+    temporary = f".{Path(path).stem}.png.XXXXXXXX.tmp"
+    length = len(os.fsencode(temporary))
+    if length > NAME_MAX_BYTES:
+        raise ValueError(
+            f"file name of {path} is too long for its outputs ({length - 14} bytes with .png; "
+            f"at most {NAME_MAX_BYTES - 14})"
+        )
 
 
 # ------------------------------------------------------------------------------------- encoding

@@ -74,7 +74,10 @@ def evaluate_semantic_folders(
             )
         if reduce_labels:
             target = np.where(target == 0, ignore_index, target - 1)
-        metric.update(pred, target)
+        try:
+            metric.update(pred, target)
+        except ValueError as error:  # class ids out of range: name the file
+            raise ValueError(f"ground truth {gt_file}: {error}") from None
     results = metric.compute()
     results["num_images"] = len(gt_files)
     return results
