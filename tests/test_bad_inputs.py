@@ -193,6 +193,22 @@ def test_output_dir_that_is_a_file_is_one_line(model_dir, tmp_path, capsys):
     assert_one_line(code, lines, str(blocker))
 
 
+def test_a_subfolder_that_is_a_file_is_one_line(model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "overlays").write_text("in the way")
+    code, _, lines = run(predict_argv(model_dir, [photo(tmp_path / "a.png")], out), capsys)
+    assert_one_line(code, lines, "overlays", "not a folder")
+    assert not (out / "panoptic").exists()  # stopped before the model was loaded
+
+
+def test_demo_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "demo_out"
+    blocker.write_text("a file")
+    code, _, lines = run(["demo", "--quick", "--output-dir", blocker, "--no-progress"], capsys)
+    assert_one_line(code, lines, "demo_out", "not a folder")
+
+
 def test_unwritable_output_dir_is_one_line(model_dir, tmp_path, capsys, monkeypatch):
     # A read-only folder, simulated so that it holds for root too: creating files there fails.
     from maskformer.engine import prediction_files

@@ -196,7 +196,10 @@ def check_outputs(paths: Sequence[Path], options: PredictOptions) -> None:
     existing outputs (without ``overwrite``), a folder that cannot be created or written, an
     existing json that cannot be merged, another run holding the folder's lock."""
     check_no_overwrite(paths, options)
-    prepare_output_dir(options.output_dir, _output_folders(paths, options))
+    prepare_output_dir(options.output_dir, [])  # the lock file lives here
+    for folder in _output_folders(paths, options):  # created when the run starts
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"output folder {folder} is a file, not a folder")
     target = _json_target(options)
     if target is not None and target.exists():
         read_records(target, options.task)
