@@ -118,7 +118,7 @@ def _evaluate_ade20k(
     skipped: list[str] = []
     evaluated = 0
     for batch in _batched(indices, options.batch_size, options.progress):
-        paths, images, labels = [], [], {}
+        paths, images, labels = [], [], []
         for index in batch:
             path = dataset.pairs[index][0]
             try:
@@ -128,12 +128,13 @@ def _evaluate_ade20k(
                 continue
             paths.append(path)
             images.append(Image.fromarray(example.image))
-            labels[path] = example.label_map
-        for path, _, result in segment_each(model, processor, paths, images, _run_options(options)):
+            labels.append(example.label_map)
+        results = segment_each(model, processor, paths, images, _run_options(options))
+        for (_, _, result), label_map in zip(results, labels):  # in input order
             if isinstance(result, str):
                 skipped.append(result)
                 continue
-            metric.update(result["semantic"].cpu().numpy(), labels.pop(path))
+            metric.update(result["semantic"].cpu().numpy(), label_map)
             evaluated += 1
     return _finish(metric, evaluated, skipped, data_dir)
 
@@ -165,16 +166,23 @@ def _evaluate_coco(
         things = {c: names[c] for c in to_category.values() if isthing.get(c)}
         metric = InstanceSegmentationMetric(things)
 
-    images = {image.get("id"): image for image in files.data.get("images", [])}
+    listed = files.data.get("images")
+    images = {
+        image.get("id"): image
+        for image in (listed if isinstance(listed, list) else [])
+        if isinstance(image, dict) and isinstance(image.get("id"), (int, str))
+    }
     annotations = files.data["annotations"][: options.max_images]
     run_options = _run_options(options, fuse=stuff_labels)
     skipped: list[str] = []
     evaluated = 0
     for batch in _batched(annotations, options.batch_size, options.progress):
-        paths, pictures, truths = [], [], {}
+        paths, pictures, truths = [], [], []
         for annotation in batch:
             info = images.get(annotation["image_id"])
-            file_name = (info or {}).get("file_name") or Path(annotation["file_name"]).stem + ".jpg"
+            file_name = (info or {}).get("file_name")
+            if not isinstance(file_name, str) or not file_name:  # the COCO convention: STEM.jpg
+                file_name = Path(annotation["file_name"]).stem + ".jpg"
             path = files.image_dir / file_name
             try:
                 picture = load_rgb_image(path)
@@ -190,12 +198,12 @@ def _evaluate_coco(
                 continue
             paths.append(path)
             pictures.append(picture)
-            truths[path] = (annotation, gt_ids)
-        for path, picture, result in segment_each(model, processor, paths, pictures, run_options):
+            truths.append((annotation, gt_ids))
+        results = segment_each(model, processor, paths, pictures, run_options)
+        for (_, picture, result), (annotation, gt_ids) in zip(results, truths):  # input order
             if isinstance(result, str):
                 skipped.append(result)
                 continue
-            annotation, gt_ids = truths.pop(path)
             segments = annotation.get("segments_info", [])
             if options.task == "panoptic":
                 pred_ids, pred_segments = panoptic_result_to_coco(result)

@@ -41,9 +41,9 @@ def segment_each(
     images: Sequence[Image.Image],
     options: Any,
 ) -> list[tuple[Path, Image.Image, dict[str, Any] | str]]:
-    """``(path, image, result)`` per image; ``result`` is the reason (a str) when that image
-    could not be segmented. A failing batch is retried one image at a time, so one bad image
-    costs only itself. ``options`` carries ``task`` and the post-processing thresholds
+    """``(path, image, result)`` per image, in input order; ``result`` is the reason (a str)
+    when that image could not be segmented. A failing batch is retried one image at a time, so
+    one bad image costs only itself. ``options`` carries ``task`` and the post-processing thresholds
     (:class:`~maskformer.engine.predict.PredictOptions`)."""
     if not images:
         return []
