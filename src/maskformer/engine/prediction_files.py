@@ -93,7 +93,8 @@ def panoptic_result_to_coco(result: dict[str, Any]) -> tuple[np.ndarray, list[di
 def instance_result_to_arrays(
     result: dict[str, Any], height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Binary masks ``(N, H, W)`` bool, labels ``(N,)`` and scores ``(N,)`` of an instance result."""
+    """Binary masks ``(N, H, W)`` bool, labels ``(N,)`` and scores ``(N,)`` of an instance
+    result."""
     infos = result["segments_info"]
     if not infos:
         return np.zeros((0, height, width), dtype=bool), np.zeros(0, np.int64), np.zeros(0)
