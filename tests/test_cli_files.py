@@ -82,6 +82,9 @@ def test_inputs_expand_folders_and_globs_and_reject_bad_ones(tmp_path):
         collect_image_paths([tmp_path / "a.png", tmp_path / "sub" / "a.jpg"])
     assert image_id_of(tmp_path / "000000142238.jpg") == 142238
     assert image_id_of(tmp_path / "photo_1.jpg") == "photo_1"
+    # ASCII digits only: other scripts' digits and superscripts stay strings (int() would turn
+    # "١٢٣" into 123, colliding with 123.jpg, and fail on "²")
+    assert image_id_of(tmp_path / "١٢٣.jpg") == "١٢٣" and image_id_of(tmp_path / "².png") == "²"
 
 
 def test_overwrite_check_names_the_first_existing_file(tmp_path):

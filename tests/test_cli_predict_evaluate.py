@@ -338,6 +338,8 @@ def test_evaluate_semantic_model_and_prediction_files_agree(
     model_figures = json.loads(from_model.read_text())
     file_figures = json.loads(from_files.read_text())
     assert 0.0 <= model_figures["mIoU"] <= 1.0 and model_figures["num_images"] == 3
+    # Same images in the same batches of 2, same process and thread count -> the same label maps,
+    # so the integer counts are equal and the float64 figures agree to a few ulps (approx: 1e-6).
     assert model_figures["mIoU"] == pytest.approx(file_figures["mIoU"])
     assert model_figures["pixel_accuracy"] == pytest.approx(file_figures["pixel_accuracy"])
     code, _, err = _run(from_files_argv, capsys)

@@ -128,6 +128,9 @@ def _assert_equal(a, b, path="") -> None:
     elif isinstance(a, float) and math.isnan(a):
         assert isinstance(b, float) and math.isnan(b), path
     else:
+        # Counts are gathered exactly (integer all-reduce); the float64 figures derived from them
+        # are computed by the same code on equal counts, so they agree to the last bit unless a
+        # reduction order differs: a few ulps of values <= 1, far below abs=1e-12.
         assert a == pytest.approx(b, abs=1e-12), path
 
 

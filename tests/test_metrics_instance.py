@@ -11,6 +11,11 @@ from pycocotools import mask as mask_utils
 
 from maskformer.evaluation import InstanceSegmentationMetric, encode_masks
 
+# Tolerances in this file: COCOeval's AP is the float64 mean of 101 interpolated precisions, each
+# a ratio of small integer counts (matching is on exact RLE IoUs of binary masks: no float
+# accumulation that depends on the CPU or thread count). The results are a few ulps from the exact
+# fractions (25.5 / 101, 0.1, ...), so pytest.approx's default relative 1e-6 holds with margin.
+
 
 def _square(top: int, left: int, size: int = 10, shape=(64, 64)) -> np.ndarray:
     mask = np.zeros(shape, dtype=bool)
@@ -101,10 +106,14 @@ def test_rle_input_and_float_masks() -> None:
     metric.update_from_rle(
         64,
         64,
-        gt_annotations=[{"segmentation": r, "category_id": 4} for r in rles],
+        # RLE counts are accepted as bytes (what pycocotools gives) and as str (what json holds).
+        gt_annotations=[
+            {"segmentation": {"size": r["size"], "counts": r["counts"].encode()}, "category_id": 4}
+            for r in rles
+        ],
         detections=[
             {
-                "segmentation": {"size": r["size"], "counts": r["counts"].decode()},
+                "segmentation": r,
                 "category_id": 4,
                 "score": 0.5,
             }

@@ -1,24 +1,35 @@
 """The ``maskformer`` command: ``predict``, ``evaluate``, ``train`` and ``demo``.
 
-Exit codes: 0 = done; 1 = done, but some inputs could not be read (they are listed);
-2 = nothing done because of a bad argument, a missing file or folder, or a model that cannot
-be loaded (one line on stderr; ``--traceback`` shows the full Python traceback instead).
+Exit codes: 0 = done; 1 = done, but some inputs could not be read or segmented (they are
+listed, one line each); 2 = stopped by a bad argument, a missing or unreadable file or folder, an
+output that cannot be written, or a model that cannot be loaded (one line on stderr;
+``--traceback`` shows the full Python traceback instead); 130 = interrupted (Ctrl-C).
+Numbers are checked when the command line is parsed (:mod:`maskformer.cli_types`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+from maskformer.cli_types import (
+    ArgumentParser,
+    UsageError,
+    non_negative_int,
+    positive_int,
+    probability,
+)
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="maskformer",
         description="MaskFormer segmentation: predict, evaluate, train, or run the demo.",
     )
@@ -40,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output-dir", type=Path, default=Path("predictions"))
     predict.add_argument(
         "--fuse-labels",
-        type=int,
+        type=non_negative_int,
         nargs="*",
         default=None,
         metavar="ID",
@@ -80,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="ade20k: label maps hold 0-based class ids (default: 0 = ignored, k -> k-1)",
     )
     evaluate.add_argument(
-        "--num-labels", type=int, help="--predictions semantic: number of classes"
+        "--num-labels", type=positive_int, help="--predictions semantic: number of classes"
     )
-    evaluate.add_argument("--max-images", type=int, help="evaluate the first N images only")
+    evaluate.add_argument(
+        "--max-images", type=positive_int, help="evaluate the first N images only"
+    )
     evaluate.add_argument(
         "--output",
         type=Path,
@@ -128,12 +141,22 @@ def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         default="float32",
         help="model weights' precision",
     )
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=positive_int, default=2)
     parser.add_argument(
-        "--threshold", type=float, default=0.5, help="minimum segment score (panoptic, instance)"
+        "--threshold",
+        type=probability,
+        default=0.5,
+        help="minimum segment score in [0, 1] (panoptic, instance)",
     )
-    parser.add_argument("--mask-threshold", type=float, default=0.5)
-    parser.add_argument("--overlap-mask-area-threshold", type=float, default=0.8)
+    parser.add_argument(
+        "--mask-threshold", type=probability, default=0.5, help="mask probability cut in [0, 1]"
+    )
+    parser.add_argument(
+        "--overlap-mask-area-threshold",
+        type=probability,
+        default=0.8,
+        help="kept share of a segment's mask in [0, 1]",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -151,19 +174,36 @@ def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ handlers
 def _load(args: argparse.Namespace):
+    """The model and its processor; any failure to load them is one ``ModelLoadError`` line
+    naming ``--model`` (a config of the wrong shape, corrupt weights, a bad processor file)."""
     import torch
 
-    from maskformer.engine.loading import load_model, load_processor, resolve_device
+    from maskformer.engine.loading import ModelLoadError, load_model, load_processor, resolve_device
+    from maskformer.engine.segment import OUT_OF_MEMORY, first_line
 
     device = resolve_device(args.device)
-    model = load_model(args.model, device, getattr(torch, args.dtype))
-    return model, load_processor(args.model)
+    try:
+        model = load_model(args.model, device, getattr(torch, args.dtype))
+    except (ModelLoadError, *OUT_OF_MEMORY):
+        raise
+    except Exception as error:
+        raise ModelLoadError(
+            f"cannot load model {args.model}: {type(error).__name__}: {first_line(error)}"
+        ) from error
+    try:
+        processor = load_processor(args.model)
+    except Exception as error:
+        raise ModelLoadError(
+            f"cannot load the image processor of {args.model} (preprocessor_config.json): "
+            f"{type(error).__name__}: {first_line(error)}"
+        ) from error
+    return model, processor
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from maskformer.engine.predict import (
         PredictOptions,
-        check_no_overwrite,
+        check_outputs,
         collect_image_paths,
         predict_images,
     )
@@ -177,29 +217,31 @@ def _run_predict(args: argparse.Namespace) -> int:
         **_runtime_options(args),
     )
     paths = collect_image_paths(args.inputs)
-    check_no_overwrite(paths, options)  # before the (slow) model load
+    check_outputs(paths, options)  # before the (slow) model load
     model, processor = _load(args)
     report = predict_images(model, processor, paths, options)
-    print(
-        f"segmented {report.num_images} of {len(paths)} images; outputs in {options.output_dir}",
-        file=sys.stderr,
+    for _path, reason in report.failed:  # each reason names its file
+        _say(f"skipped: {reason}")
+    skipped = f"; {len(report.failed)} skipped" if report.failed else ""
+    _say(
+        f"segmented {report.num_images} of {len(paths)} images{skipped}; "
+        f"outputs in {options.output_dir}"
     )
     if report.failed:
-        print(f"{len(report.failed)} input(s) could not be read:", file=sys.stderr)
-        for path, reason in report.failed:
-            print(f"  {path}: {reason}", file=sys.stderr)
-        return EXIT_PARTIAL
+        return EXIT_PARTIAL if report.num_images else EXIT_USAGE
     return EXIT_OK
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from maskformer.engine.evaluate import (
         EvaluateOptions,
+        check_output_file,
         evaluate_model,
         evaluate_prediction_files,
         format_results,
         to_jsonable,
     )
+    from maskformer.utils.atomic import atomic_write_json
 
     options = EvaluateOptions(
         task=args.task,
@@ -212,10 +254,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         **_runtime_options(args),
     )
     output = args.output or Path(f"evaluation_{args.task}.json")
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(
-            f"output file {output} already exists; pass --overwrite to replace it"
-        )
+    check_output_file(output, args.overwrite)  # before the (slow) evaluation
     if not args.data.is_dir():
         raise FileNotFoundError(f"data folder {args.data} does not exist")
     if args.predictions is not None:
@@ -223,11 +262,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     else:
         model, processor = _load(args)
         results = evaluate_model(model, processor, args.data, options)
-    print(format_results(results, args.task))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(to_jsonable(results), indent=1))
-    print(f"figures written to {output}", file=sys.stderr)
-    return EXIT_OK
+    atomic_write_json(output, to_jsonable(results), indent=1)
+    print(format_results(results, args.task), flush=True)
+    for reason in results.get("skipped", []):  # each reason names its file
+        _say(f"skipped: {reason}")
+    _say(f"figures written to {output}")
+    return EXIT_PARTIAL if results.get("skipped") else EXIT_OK
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -265,20 +305,66 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         return args.handler(args)
+    except UsageError as error:  # argparse's complaint, as one line
+        _say(str(error))
+        return EXIT_USAGE
+    except SystemExit as exit_:  # --help, --version and the train parser's own errors
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     except KeyboardInterrupt:
-        print("maskformer: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # one readable line, the way a command-line tool should fail
         if show_traceback:
             raise
-        from maskformer.engine.loading import ModelLoadError
-
-        expected = (ModelLoadError, FileNotFoundError, FileExistsError, ValueError, TypeError)
-        if not isinstance(error, expected):
+        _say("maskformer: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `maskformer evaluate ... | head`: the reader left, say nothing
+        _silence_stdout()
+        return EXIT_OK
+    except Exception as error:  # one readable line, the way a command-line tool should fail
+        if show_traceback or not isinstance(error, _expected_errors()):
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"maskformer: error: {message}", file=sys.stderr)
+        _say(f"maskformer: error: {_describe(error)}")
         return EXIT_USAGE
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """The faults a person can cause or fix: bad arguments and files, an unloadable model,
+    running out of memory. Anything else is a bug and keeps its traceback."""
+    from maskformer.engine.loading import ModelLoadError
+    from maskformer.engine.segment import OUT_OF_MEMORY
+
+    return (ModelLoadError, OSError, ValueError, TypeError, *OUT_OF_MEMORY)
+
+
+def _describe(error: BaseException) -> str:
+    """One line for ``error``: its message (all lines joined), or a hint for out-of-memory."""
+    from maskformer.engine.segment import OUT_OF_MEMORY
+
+    if isinstance(error, OUT_OF_MEMORY):
+        return "out of memory; try a smaller --batch-size (or --dtype bfloat16 on a GPU)"
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    if (
+        isinstance(error, OSError)
+        and error.filename is not None
+        and str(error.filename) not in text
+    ):
+        text = f"{text}: {error.filename}"
+    return text or type(error).__name__
+
+
+def _say(message: str) -> None:
+    """One line on stderr, control characters (a newline in a file name) shown escaped."""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    with contextlib.suppress(BrokenPipeError, ValueError):  # stderr closed: nowhere to report
+        print(line, file=sys.stderr, flush=True)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (e.g. captured in tests)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

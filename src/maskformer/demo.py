@@ -21,7 +21,6 @@ rate, learns the classes and separates touching instances within minutes on two 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,25 +36,32 @@ OVERLAY_SCALE = 4
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from maskformer.cli_types import non_negative_int, positive_float, positive_int
+
     parser.add_argument(
         "--output-dir", type=Path, default=Path("demo_output"), help="where results are written"
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help=f"training steps (default {DEFAULT_STEPS})"
+        "--steps", type=positive_int, default=None, help=f"training steps (default {DEFAULT_STEPS})"
     )
     parser.add_argument(
         "--quick",
         action="store_true",
         help=f"{QUICK_STEPS} steps and a few held-out images: checks that everything runs",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and initial weights")
     parser.add_argument(
-        "--held-out", type=int, default=None, help=f"held-out images (default {HELD_OUT_IMAGES})"
+        "--seed", type=non_negative_int, default=0, help="seed of data and initial weights"
     )
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--held-out",
+        type=positive_int,
+        default=None,
+        help=f"held-out images (default {HELD_OUT_IMAGES})",
+    )
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="torch threads (default: half the cores available, at least 1)",
     )
@@ -138,8 +144,10 @@ def run_demo(
     import torch
 
     from maskformer.data.synthetic import SyntheticShapesDataset
+    from maskformer.engine.prediction_files import prepare_output_dir
     from maskformer.engine.train import TrainingArguments, train
     from maskformer.modeling.maskformer import MaskFormerForInstanceSegmentation
+    from maskformer.utils.atomic import atomic_write_json
 
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
@@ -148,7 +156,7 @@ def run_demo(
     if threads is not None:
         torch.set_num_threads(threads)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(output_dir, [])  # one error naming it: a file in the way, read-only
     started = time.perf_counter()
     _say(f"maskformer demo: {steps} training steps on synthetic {IMAGE_SIZE}-px shapes, CPU")
 
@@ -193,7 +201,7 @@ def run_demo(
     )
     sheet = _draw_results(test_set, predictions, model.config.id2label, output_dir)
     figures["total_seconds"] = round(time.perf_counter() - started, 1)
-    (output_dir / "metrics.json").write_text(json.dumps(_jsonable(figures), indent=1))
+    atomic_write_json(output_dir / "metrics.json", _jsonable(figures), indent=1)
 
     _say(
         f"\nheld-out images: {held_out}   mIoU {figures['mIoU']:.3f}   PQ {figures['PQ']:.3f}   "
@@ -293,6 +301,7 @@ def _draw_results(
     dataset: Any, predictions: list[dict[str, Any]], id2label: dict[int, str], output_dir: Path
 ) -> Path:
     """Overlays of the first held-out images (truth and prediction) and one contact sheet."""
+    from maskformer.utils.atomic import atomic_save_image
     from maskformer.visualize import contact_sheet, overlay_panoptic
 
     overlay_dir = output_dir / "overlays"
@@ -304,13 +313,13 @@ def _draw_results(
         pred_ids, pred_segments = predictions[index]["panoptic"]
         truth = overlay_panoptic(image, gt_panoptic, gt_segments, id2label, scale=OVERLAY_SCALE)
         predicted = overlay_panoptic(image, pred_ids, pred_segments, id2label, scale=OVERLAY_SCALE)
-        predicted.save(overlay_dir / f"heldout_{index:03d}_prediction.png")
-        truth.save(overlay_dir / f"heldout_{index:03d}_truth.png")
+        atomic_save_image(predicted, overlay_dir / f"heldout_{index:03d}_prediction.png")
+        atomic_save_image(truth, overlay_dir / f"heldout_{index:03d}_truth.png")
         tiles += [truth, predicted]
         titles += [f"#{index} ground truth", f"#{index} prediction"]
     sheet = contact_sheet(tiles, columns=4, titles=titles)
     path = output_dir / "contact_sheet.png"
-    sheet.save(path, optimize=True)
+    atomic_save_image(sheet, path, optimize=True)
     return path
 
 

@@ -11,28 +11,48 @@ Two data layouts are read:
 
 A model's class ``k`` is matched to a COCO category by name (``id2label[k]`` equals the
 category's ``name``) when every name is found, else by position (class k = k-th category).
+
+An image that cannot be read or segmented, or whose ground truth cannot be read, is skipped:
+the figures cover the others, and ``"skipped"`` in the results lists one reason per skipped
+image (each naming its file). A data set with no images, or none that could be evaluated, is a
+``ValueError``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from maskformer.engine.coco_layout import (  # noqa: F401 - re-exported
+    CocoPanopticFiles,
+    _match_categories,
+    find_coco_panoptic_files,
+    label_to_category,
+)
+from maskformer.engine.evaluate_report import (  # noqa: F401 - re-exported
+    check_output_file,
+    format_results,
+    to_jsonable,
+)
 from maskformer.engine.predict import (
     TASKS,
+    check_positive_int,
+    check_probability,
     instance_result_to_arrays,
     load_rgb_image,
     panoptic_result_to_coco,
-    segment_batch,
+    segment_each,
 )
+from maskformer.engine.segment import first_line
+from maskformer.utils.constants import IGNORE_INDEX
 
 FORMATS = ("ade20k", "coco-panoptic")
 
@@ -64,81 +84,11 @@ class EvaluateOptions:
                 f"--format ade20k holds semantic label maps only; --task {self.task} needs "
                 "--format coco-panoptic"
             )
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
-
-# ------------------------------------------------------------------------------- COCO layout
-@dataclass
-class CocoPanopticFiles:
-    json_file: Path
-    image_dir: Path
-    panoptic_dir: Path
-    data: dict[str, Any]
-    categories: list[dict[str, Any]]
-
-
-def find_coco_panoptic_files(data_dir: Path, options: EvaluateOptions) -> CocoPanopticFiles:
-    """Locate the json, image folder and PNG folder of a COCO panoptic data folder."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"data folder {data_dir} does not exist")
-    if options.annotations is not None:
-        json_file = Path(options.annotations)
-        if not json_file.is_file():
-            raise FileNotFoundError(f"annotation file {json_file} does not exist")
-        data = _read_json(json_file)
-    else:
-        found = [
-            (p, d) for p in sorted(data_dir.glob("*.json")) if "annotations" in (d := _read_json(p))
-        ]
-        if len(found) != 1:
-            names = ", ".join(p.name for p, _ in found) or "none"
-            raise FileNotFoundError(
-                f"need exactly one COCO panoptic json in {data_dir} (found: {names}); "
-                "name it with --annotations"
-            )
-        json_file, data = found[0]
-    image_dir = options.image_dir or _first_dir(data_dir / "images", data_dir / "val2017")
-    panoptic_dir = options.panoptic_dir or _first_dir(
-        data_dir / "panoptic", data_dir / json_file.stem
-    )
-    for folder, what in ((image_dir, "image folder"), (panoptic_dir, "panoptic PNG folder")):
-        if folder is None or not Path(folder).is_dir():
-            raise FileNotFoundError(f"{what} {folder or data_dir / '?'} does not exist")
-    categories = data.get("categories")
-    if not categories:
-        fallback = data_dir / "panoptic_coco_categories.json"
-        if not fallback.is_file():
-            raise ValueError(f"{json_file} has no 'categories' and {fallback} does not exist")
-        categories = _read_json(fallback)
-    return CocoPanopticFiles(json_file, Path(image_dir), Path(panoptic_dir), data, categories)
-
-
-def label_to_category(
-    id2label: dict[int, str], categories: Sequence[dict[str, Any]]
-) -> dict[int, int]:
-    """Model class index -> COCO category id, by name when all names match, else by position."""
-    mapping = _match_categories(id2label, categories)
-    if mapping is None:
-        raise ValueError(
-            f"the model's {len(id2label)} classes match neither the names nor the number of the "
-            f"{len(categories)} categories of the data"
-        )
-    return mapping
-
-
-def _match_categories(
-    names: dict[int, str], categories: Sequence[dict[str, Any]]
-) -> dict[int, int] | None:
-    """Class index -> category id: by name when every name is a category's, else by position
-    when the indices are exactly ``0 .. K-1`` of the K categories; None when neither fits."""
-    by_name = {str(c["name"]): int(c["id"]) for c in categories if "name" in c}
-    if names and all(name in by_name for name in names.values()):
-        return {int(k): by_name[name] for k, name in names.items()}
-    if sorted(names) == list(range(len(categories))):
-        return {k: int(categories[k]["id"]) for k in names}
-    return None
+        check_positive_int("batch_size", self.batch_size)
+        if self.max_images is not None:
+            check_positive_int("max_images", self.max_images)
+        for name in ("threshold", "mask_threshold", "overlap_mask_area_threshold"):
+            check_probability(name, getattr(self, name))
 
 
 # -------------------------------------------------------------------------------- model runs
@@ -165,15 +115,28 @@ def _evaluate_ade20k(
         len(id2label), class_names=[id2label[k] for k in sorted(id2label)]
     )
     indices = list(range(len(dataset)))[: options.max_images]
+    skipped: list[str] = []
+    evaluated = 0
     for batch in _batched(indices, options.batch_size, options.progress):
-        examples = [dataset.load_example(i) for i in batch]
-        images = [Image.fromarray(example.image) for example in examples]
-        results = _segment(model, processor, images, options)
-        for example, result in zip(examples, results):
-            metric.update(result["semantic"].cpu().numpy(), example.label_map)
-    figures = metric.compute()
-    figures["num_images"] = len(indices)
-    return figures
+        paths, images, labels = [], [], []
+        for index in batch:
+            path = dataset.pairs[index][0]
+            try:
+                example = dataset.load_example(index)
+            except (ValueError, OSError) as error:
+                skipped.append(_reason(path, error))
+                continue
+            paths.append(path)
+            images.append(Image.fromarray(example.image))
+            labels.append(example.label_map)
+        results = segment_each(model, processor, paths, images, _run_options(options))
+        for (_, _, result), label_map in zip(results, labels):  # in input order
+            if isinstance(result, str):
+                skipped.append(result)
+                continue
+            metric.update(result["semantic"].cpu().numpy(), label_map)
+            evaluated += 1
+    return _finish(metric, evaluated, skipped, data_dir)
 
 
 def _evaluate_coco(
@@ -203,21 +166,44 @@ def _evaluate_coco(
         things = {c: names[c] for c in to_category.values() if isthing.get(c)}
         metric = InstanceSegmentationMetric(things)
 
-    images = {image["id"]: image for image in files.data.get("images", [])}
+    listed = files.data.get("images")
+    images = {
+        image.get("id"): image
+        for image in (listed if isinstance(listed, list) else [])
+        if isinstance(image, dict) and isinstance(image.get("id"), (int, str))
+    }
     annotations = files.data["annotations"][: options.max_images]
+    run_options = _run_options(options, fuse=stuff_labels)
+    skipped: list[str] = []
+    evaluated = 0
     for batch in _batched(annotations, options.batch_size, options.progress):
-        pictures = []
+        paths, pictures, truths = [], [], []
         for annotation in batch:
             info = images.get(annotation["image_id"])
-            file_name = info["file_name"] if info else Path(annotation["file_name"]).stem + ".jpg"
-            pictures.append(load_rgb_image(files.image_dir / file_name))
-        results = _segment(model, processor, pictures, options, fuse=stuff_labels)
-        for annotation, picture, result in zip(batch, pictures, results):
-            gt_ids = read_panoptic_png(files.panoptic_dir / annotation["file_name"])
-            if gt_ids.shape != (picture.height, picture.width):
-                raise ValueError(
-                    f"panoptic PNG {annotation['file_name']} and its image differ in size"
-                )
+            file_name = (info or {}).get("file_name")
+            if not isinstance(file_name, str) or not file_name:  # the COCO convention: STEM.jpg
+                file_name = Path(annotation["file_name"]).stem + ".jpg"
+            path = files.image_dir / file_name
+            try:
+                picture = load_rgb_image(path)
+                gt_ids = read_panoptic_png(files.panoptic_dir / annotation["file_name"])
+                if gt_ids.shape != (picture.height, picture.width):
+                    raise ValueError(
+                        f"panoptic PNG {files.panoptic_dir / annotation['file_name']} is "
+                        f"{gt_ids.shape[1]}x{gt_ids.shape[0]} but its image is "
+                        f"{picture.width}x{picture.height}"
+                    )
+            except (ValueError, OSError) as error:
+                skipped.append(_reason(path, error))
+                continue
+            paths.append(path)
+            pictures.append(picture)
+            truths.append((annotation, gt_ids))
+        results = segment_each(model, processor, paths, pictures, run_options)
+        for (_, picture, result), (annotation, gt_ids) in zip(results, truths):  # input order
+            if isinstance(result, str):
+                skipped.append(result)
+                continue
             segments = annotation.get("segments_info", [])
             if options.task == "panoptic":
                 pred_ids, pred_segments = panoptic_result_to_coco(result)
@@ -246,40 +232,48 @@ def _evaluate_coco(
                     [int(s.get("iscrowd", 0)) for s in gt_things],
                     image_id=annotation["image_id"],
                 )
+            evaluated += 1
+    return _finish(metric, evaluated, skipped, files.json_file)
+
+
+def _run_options(options: EvaluateOptions, fuse: set[int] | None = None) -> SimpleNamespace:
+    """What :func:`segment_each` reads: the task, the thresholds and the classes to fuse."""
+    return SimpleNamespace(
+        task=options.task,
+        threshold=options.threshold,
+        mask_threshold=options.mask_threshold,
+        overlap_mask_area_threshold=options.overlap_mask_area_threshold,
+        label_ids_to_fuse=fuse,
+    )
+
+
+def _reason(path: Path, error: BaseException) -> str:
+    """Why ``path`` was skipped, naming it once."""
+    message = first_line(error)
+    return message if str(path) in message else f"{path}: {message}"
+
+
+def _finish(metric: Any, evaluated: int, skipped: list[str], source: Path) -> dict[str, Any]:
+    if not evaluated:
+        first = f"; first: {skipped[0]}" if skipped else ""
+        raise ValueError(f"no image of {source} could be evaluated ({len(skipped)} skipped{first})")
     figures = metric.compute()
-    figures["num_images"] = len(annotations)
+    figures["num_images"] = evaluated
+    if skipped:
+        figures["skipped"] = skipped
     return figures
 
 
 def _semantic_target(
     segment_ids: np.ndarray, segments: Sequence[dict[str, Any]], to_label: dict[int, int]
 ) -> np.ndarray:
-    """Class-index map of a panoptic ground truth; void and unknown categories -> 255."""
-    target = np.full(segment_ids.shape, 255, dtype=np.int64)
+    """Class-index map of a panoptic ground truth; void and unknown categories -> IGNORE_INDEX."""
+    target = np.full(segment_ids.shape, IGNORE_INDEX, dtype=np.int64)
     for segment in segments:  # one vectorised comparison per segment
         label = to_label.get(int(segment["category_id"]))
         if label is not None:
             target[segment_ids == int(segment["id"])] = label
     return target
-
-
-def _segment(
-    model: Any,
-    processor: Any,
-    images: list[Image.Image],
-    options: EvaluateOptions,
-    fuse: set[int] | None = None,
-) -> list[dict[str, Any]]:
-    return segment_batch(
-        model,
-        processor,
-        images,
-        options.task,
-        options.threshold,
-        options.mask_threshold,
-        options.overlap_mask_area_threshold,
-        fuse,
-    )
 
 
 # ---------------------------------------------------------------------------- prediction files
@@ -295,7 +289,11 @@ def evaluate_prediction_files(
       holding ``panoptic.json`` and ``panoptic/``). Category ids are mapped to the data's as
       for a model (by name, else by position) when the json lists ``categories``.
     """
-    from maskformer.evaluation import evaluate_panoptic_folders, evaluate_semantic_folders
+    from maskformer.evaluation import (
+        evaluate_panoptic_folders,
+        evaluate_semantic_folders,
+        load_panoptic_json,
+    )
 
     predictions, data_dir = Path(predictions), Path(data_dir)
     if not predictions.exists():
@@ -324,12 +322,12 @@ def evaluate_prediction_files(
     pred_json = predictions / "panoptic.json" if predictions.is_dir() else predictions
     pred_dir = pred_json.with_suffix("")
     files = find_coco_panoptic_files(data_dir, options)
-    pred_data = _read_json(pred_json)
+    pred_data = load_panoptic_json(pred_json)  # checked: every field scoring needs
     remapped = _remap_categories_by_name(pred_data, files.categories)
     with tempfile.TemporaryDirectory() as scratch:
-        if remapped is not None:
+        if remapped is not None:  # a scratch copy, removed with its folder
             pred_json = Path(scratch) / "predictions.json"
-            pred_json.write_text(json.dumps(remapped))
+            pred_json.write_text(json.dumps(remapped), encoding="utf-8")
         return evaluate_panoptic_folders(
             files.json_file,
             files.panoptic_dir,
@@ -368,67 +366,15 @@ def _remap_categories_by_name(
 def _ade20k_num_labels(data_dir: Path, reduce_labels: bool) -> int:
     object_info = data_dir / "objectInfo150.csv"
     if object_info.is_file():
-        rows = [line for line in object_info.read_text().splitlines()[1:] if line.strip()]
+        try:
+            text = object_info.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read {object_info}: {error}") from None
+        rows = [line for line in text.splitlines()[1:] if line.strip()]
+        if not rows:
+            raise ValueError(f"{object_info} lists no classes; pass --num-labels")
         return len(rows) + (0 if reduce_labels else 1)
     raise ValueError(f"{data_dir} has no objectInfo150.csv; pass --num-labels")
-
-
-# -------------------------------------------------------------------------------------- output
-def format_results(results: dict[str, Any], task: str, max_rows: int = 30) -> str:
-    """A plain-text table of the figures (percentages)."""
-    lines: list[str] = []
-    if task == "semantic":
-        lines.append(f"{'metric':<22}{'value':>8}")
-        for key in ("mIoU", "pixel_accuracy", "mean_class_accuracy"):
-            lines.append(f"{key:<22}{_percent(results.get(key)):>8}")
-        names = results.get("class_names") or [str(k) for k in range(len(results["per_class_IoU"]))]
-        rows = [
-            (name, iou, acc)
-            for name, iou, acc in zip(
-                names, results["per_class_IoU"], results["per_class_accuracy"]
-            )
-            if not math.isnan(iou)
-        ]
-        if rows:
-            lines += ["", f"{'class':<22}{'IoU':>8}{'acc':>8}"]
-            for name, iou, accuracy in rows[:max_rows]:
-                lines.append(f"{name[:21]:<22}{_percent(iou):>8}{_percent(accuracy):>8}")
-            if len(rows) > max_rows:
-                lines.append(f"... {len(rows) - max_rows} more classes in the json")
-    elif task == "panoptic":
-        lines.append(f"{'':<8}{'PQ':>8}{'SQ':>8}{'RQ':>8}{'n':>6}")
-        for group in ("All", "Things", "Stuff"):
-            row = results[group]
-            lines.append(
-                f"{group:<8}{_percent(row['PQ']):>8}{_percent(row['SQ']):>8}"
-                f"{_percent(row['RQ']):>8}{row['n']:>6}"
-            )
-    else:
-        lines.append(f"{'metric':<8}{'value':>8}")
-        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
-            lines.append(f"{key:<8}{_percent(results.get(key)):>8}")
-    if "num_images" in results:
-        lines.append(f"({results['num_images']} images)")
-    return "\n".join(lines)
-
-
-def to_jsonable(value: Any) -> Any:
-    """``value`` with NaN/inf as null and non-string keys as strings (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _percent(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{100 * float(value):.1f}"
 
 
 def _batched(items: Sequence[Any], size: int, progress: bool) -> Iterator[Sequence[Any]]:
@@ -439,14 +385,3 @@ def _batched(items: Sequence[Any], size: int, progress: bool) -> Iterator[Sequen
             batch = items[start : start + size]
             yield batch
             bar.update(len(batch))
-
-
-def _first_dir(*candidates: Path) -> Path | None:
-    return next((c for c in candidates if c.is_dir()), None)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read json {path}: {error}") from None

@@ -17,6 +17,7 @@ from maskformer.evaluation.label_files import (
 )
 from maskformer.evaluation.panoptic import CategoriesArg, PanopticQualityMetric
 from maskformer.evaluation.semantic import SemanticSegmentationMetric
+from maskformer.utils.constants import IGNORE_INDEX
 
 
 def _progress(items: list, enabled: bool, description: str) -> Any:
@@ -27,11 +28,18 @@ def _progress(items: list, enabled: bool, description: str) -> Any:
     return tqdm(items, desc=description, unit="image")
 
 
+def _check_folder(folder: Path, what: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{what} {folder} is a file, not a folder")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} {folder} does not exist")
+
+
 def evaluate_semantic_folders(
     gt_dir: PathLike,
     pred_dir: PathLike,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     reduce_labels: bool = False,
     class_names: Sequence[str] | None = None,
     progress: bool = False,
@@ -45,8 +53,7 @@ def evaluate_semantic_folders(
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     for folder, what in ((gt_dir, "ground-truth folder"), (pred_dir, "prediction folder")):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{what} {folder} does not exist")
+        _check_folder(folder, what)
     gt_files = sorted(gt_dir.glob("*.png"))
     if not gt_files:
         raise ValueError(f"ground-truth folder {gt_dir} holds no .png label files")
@@ -67,7 +74,10 @@ def evaluate_semantic_folders(
             )
         if reduce_labels:
             target = np.where(target == 0, ignore_index, target - 1)
-        metric.update(pred, target)
+        try:
+            metric.update(pred, target)
+        except ValueError as error:  # class ids out of range: name the file
+            raise ValueError(f"ground truth {gt_file}: {error}") from None
     results = metric.compute()
     results["num_images"] = len(gt_files)
     return results
@@ -92,19 +102,18 @@ def evaluate_panoptic_folders(
     gt_data, pred_data = load_panoptic_json(gt_json), load_panoptic_json(pred_json)
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     for folder, what in ((gt_dir, "ground-truth PNG folder"), (pred_dir, "prediction PNG folder")):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{what} {folder} does not exist")
+        _check_folder(folder, what)
     if categories is None:
         if "categories" not in gt_data:
             raise ValueError(f"{gt_json} has no 'categories'; pass `categories`")
         categories = gt_data["categories"]
     metric = PanopticQualityMetric(categories, category_names)
 
-    predictions = {str(a.get("image_id")): a for a in pred_data["annotations"]}
+    predictions = {str(a["image_id"]): a for a in pred_data["annotations"]}
     gt_annotations = gt_data["annotations"]
-    unpredicted = [
-        a.get("image_id") for a in gt_annotations if str(a.get("image_id")) not in predictions
-    ]
+    if not gt_annotations:
+        raise ValueError(f"ground-truth json {gt_json} lists no images (empty 'annotations')")
+    unpredicted = [a["image_id"] for a in gt_annotations if str(a["image_id"]) not in predictions]
     if unpredicted:
         raise ValueError(
             f"{pred_json} has no prediction for {len(unpredicted)} ground-truth images, e.g. "
@@ -116,7 +125,7 @@ def evaluate_panoptic_folders(
         pred_ids = read_panoptic_png(pred_dir / pred_annotation["file_name"])
         if pred_ids.shape != gt_ids.shape:
             raise ValueError(
-                f"prediction {pred_annotation['file_name']} is {pred_ids.shape[1]}x"
+                f"prediction {pred_dir / pred_annotation['file_name']} is {pred_ids.shape[1]}x"
                 f"{pred_ids.shape[0]} but its ground truth is {gt_ids.shape[1]}x{gt_ids.shape[0]}"
             )
         try:
@@ -127,7 +136,9 @@ def evaluate_panoptic_folders(
                 gt_annotation.get("segments_info", []),
             )
         except ValueError as error:
-            raise ValueError(f"image_id {gt_annotation['image_id']}: {error}") from error
+            raise ValueError(
+                f"{pred_json}, image_id {gt_annotation['image_id']!r}: {error}"
+            ) from error
     results = metric.compute()
     results["num_images"] = len(gt_annotations)
     return results

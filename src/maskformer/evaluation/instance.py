@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from maskformer.evaluation.distributed import all_gather_objects
+from maskformer.utils.coco import encode_rle
 
 _STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -40,13 +41,9 @@ def _binary_masks(masks: Any, name: str) -> np.ndarray:
 
 
 def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
-    """COCO RLE (``{"size": [h, w], "counts": bytes}``) of each ``(n, height, width)`` uint8
-    mask."""
-    from pycocotools import mask as mask_utils
-
-    if masks.shape[0] == 0:
-        return []
-    return list(mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))))
+    """COCO RLE (``{"size": [h, w], "counts": str}``) of each ``(n, height, width)`` mask
+    (:func:`maskformer.utils.coco.encode_rle`)."""
+    return encode_rle(np.asarray(masks))
 
 
 def _compressed_rle(rle: Mapping[str, Any], height: int, width: int) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Reading and writing label files: semantic label PNGs and COCO panoptic RGB-id PNGs + json."""
+"""Reading label files: semantic label PNGs and COCO panoptic RGB-id PNGs + json, each checked,
+every failure one error naming the file (and the entry) and what was expected.
+
+The panoptic RGB encoding itself is :mod:`maskformer.utils.coco`'s (re-exported here).
+"""
 
 from __future__ import annotations
 
@@ -9,27 +13,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from maskformer.utils.coco import panoptic_ids_to_rgb, rgb_to_panoptic_ids
+
 PathLike = str | Path
-
-
-def rgb_to_panoptic_ids(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic ids ``R + 256 G + 256^2 B`` of an ``(height, width, 3)`` uint8 image, as
-    ``(height, width)`` int64."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"rgb must be (height, width, 3), got shape {rgb.shape}")
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def panoptic_ids_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """``(height, width, 3)`` uint8 COCO panoptic encoding of ``(height, width)`` ids in
-    ``[0, 256^3)``."""
-    ids = np.asarray(ids).astype(np.int64)
-    if ids.ndim != 2:
-        raise ValueError(f"ids must be (height, width), got shape {ids.shape}")
-    if ids.size and (ids.min() < 0 or ids.max() >= 256**3):
-        raise ValueError("panoptic ids must lie in [0, 256**3) to fit an RGB PNG")
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+__all__ = [
+    "PathLike",
+    "check_panoptic_annotations",
+    "load_panoptic_json",
+    "panoptic_ids_to_rgb",
+    "read_label_png",
+    "read_panoptic_png",
+    "rgb_to_panoptic_ids",
+]
 
 
 def _open_image(path: PathLike, what: str) -> Image.Image:
@@ -39,8 +34,8 @@ def _open_image(path: PathLike, what: str) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
-    except OSError as error:
-        raise ValueError(f"cannot read {what} {path}: {error}") from error
+    except Exception as error:  # PIL's decoders fail in many ways on a corrupt file
+        raise ValueError(f"cannot read {what} {path}: {error}") from None
     return image
 
 
@@ -63,16 +58,59 @@ def read_label_png(path: PathLike) -> np.ndarray:
 
 def load_panoptic_json(path: PathLike) -> dict[str, Any]:
     """A COCO panoptic json (``{"annotations": [...], ...}``; a bare list of annotations is
-    accepted and wrapped)."""
+    accepted and wrapped), its annotations and categories checked
+    (:func:`check_panoptic_annotations`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"panoptic json {path} does not exist")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read panoptic json {path}: {error}") from error
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read panoptic json {path}: {error}") from None
     if isinstance(data, list):
         data = {"annotations": data}
+    check_panoptic_annotations(data, path)
+    return data
+
+
+def check_panoptic_annotations(data: Any, path: PathLike) -> None:
+    """``ValueError`` naming ``path``, the entry and the field when ``data`` is not a COCO
+    panoptic json: ``annotations`` a list of ``{"image_id", "file_name", "segments_info":
+    [{"id": int, "category_id": int}, ...]}``, optional ``categories`` ``[{"id": int}, ...]``."""
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"panoptic json {path} has no 'annotations' list")
-    return data
+    for index, annotation in enumerate(data["annotations"]):
+        where = f"panoptic json {path}: annotations[{index}]"
+        if not isinstance(annotation, dict):
+            raise ValueError(f"{where} is a {type(annotation).__name__}, expected an object")
+        for key in ("image_id", "file_name"):
+            if key not in annotation:
+                raise ValueError(f"{where} has no {key!r}")
+        image_id = annotation["image_id"]
+        if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
+            raise ValueError(f"{where} 'image_id' must be an integer or a string, got {image_id!r}")
+        if not isinstance(annotation["file_name"], str) or not annotation["file_name"]:
+            raise ValueError(
+                f"{where} 'file_name' must be a file name, got {annotation['file_name']!r}"
+            )
+        segments = annotation.get("segments_info", [])
+        if not isinstance(segments, list):
+            raise ValueError(f"{where} 'segments_info' must be a list")
+        for number, segment in enumerate(segments):
+            _check_int_fields(segment, ("id", "category_id"), f"{where}.segments_info[{number}]")
+    categories = data.get("categories")
+    if categories is not None:
+        if not isinstance(categories, list):
+            raise ValueError(f"panoptic json {path} 'categories' must be a list")
+        for index, category in enumerate(categories):
+            _check_int_fields(category, ("id",), f"panoptic json {path}: categories[{index}]")
+
+
+def _check_int_fields(entry: Any, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} is a {type(entry).__name__}, expected an object")
+    for key in keys:
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            what = "has no" if key not in entry else f"has a non-integer ({value!r})"
+            raise ValueError(f"{where} {what} {key!r}")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from maskformer.evaluation.distributed import all_reduce_sum
+from maskformer.utils.constants import IGNORE_INDEX
 
 LabelMaps = torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray]
 
@@ -81,7 +82,10 @@ class SemanticSegmentationMetric:
     """
 
     def __init__(
-        self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None
+        self,
+        num_classes: int,
+        ignore_index: int = IGNORE_INDEX,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
