@@ -136,6 +136,8 @@ class InferenceQueue:
             QueueFullError: ``max_pending`` jobs are waiting or running.
             WorkerStoppedError: the queue is closed.
         """
+        if self._thread is None:  # an app run without its lifespan (e.g. mounted elsewhere)
+            self.start()
         job = _Job(image, settings)
         with self._lock:
             if self._closed:
