@@ -21,7 +21,7 @@ from maskformer.serve.worker import (
 
 
 class RecordingSegment:
-    """Segments nothing: returns the image sizes, records batches and concurrent calls, and can
+    """Segments nothing: returns each image's tag (its first pixel's red value), records batches and concurrent calls, and can
     be held at a gate so that requests pile up behind it."""
 
     def __init__(self, delay: float = 0.0) -> None:
@@ -43,14 +43,18 @@ class RecordingSegment:
         time.sleep(self.delay)
         with self.lock:
             self.active -= 1
-            self.batches.append((task, [image.width for image in images]))
-        if any(image.width == 13 for image in images):
-            raise RuntimeError("width 13 is unlucky")
-        return [{"width": image.width, "task": task, "threshold": threshold} for image in images]
+            self.batches.append((task, [_tag(image) for image in images]))
+        if any(_tag(image) == 13 for image in images):
+            raise RuntimeError("tag 13 is unlucky")
+        return [{"width": _tag(image), "task": task, "threshold": threshold} for image in images]
 
 
-def _image(width: int) -> Image.Image:
-    return Image.new("RGB", (width, 4))
+def _image(tag: int, width: int = 8) -> Image.Image:
+    return Image.new("RGB", (width, 4), (tag, 0, 0))
+
+
+def _tag(image: Image.Image) -> int:
+    return image.getpixel((0, 0))[0]
 
 
 def test_one_forward_at_a_time_and_every_answer_is_its_own():
@@ -98,6 +102,23 @@ def test_waiting_jobs_with_equal_settings_share_a_batch_in_order():
     ]
     assert [f.result()["width"] for f in futures] == [2, 3, 4, 5, 6]
     assert inference.batch_sizes == {1: 3, 3: 1}
+
+
+def test_images_of_different_sizes_do_not_share_a_batch():
+    # The model ignores pixel_mask: a padded image would be answered differently than alone.
+    segment = RecordingSegment()
+    inference = InferenceQueue(None, None, max_batch=4, segment=segment)
+    segment.gate.clear()
+    first = inference.submit(_image(1), SegmentSettings())
+    assert segment.entered.wait(10)
+    futures = [
+        inference.submit(_image(t, width), SegmentSettings())
+        for t, width in [(2, 8), (3, 9), (4, 8), (5, 9)]
+    ]
+    segment.gate.set()
+    wait([first, *futures], timeout=10)
+    inference.close()
+    assert segment.batches == [("panoptic", [1]), ("panoptic", [2, 4]), ("panoptic", [3, 5])]
 
 
 def test_full_queue_refuses_and_recovers():

@@ -4,7 +4,9 @@ Request handlers :meth:`InferenceQueue.submit` an image and get a ``concurrent.f
 One worker thread owns the model: it takes the oldest waiting job, adds up to ``max_batch - 1``
 other waiting jobs that ask for the same task and thresholds (oldest first; it never waits for
 more to arrive), runs them through :func:`maskformer.engine.predict.segment_batch` in one forward
-pass and resolves their futures. Under load requests wait in line instead of competing for the
+pass and resolves their futures. Only images of one size share a batch: the model does not
+mask batch padding (``pixel_mask`` is ignored, as in the reference), so a padded image would get
+a different answer than alone. Under load requests wait in line instead of competing for the
 model; beyond ``max_pending`` queued or running jobs, ``submit`` refuses with
 :class:`QueueFullError` (the app answers 503).
 """
@@ -184,12 +186,12 @@ class InferenceQueue:
 
     def _take_batch(self, waiting: deque[_Job]) -> list[_Job]:
         """Remove and return the oldest job and up to ``max_batch - 1`` later ones with equal
-        settings; the others keep their order."""
+        settings and image size; the others keep their order."""
         first = waiting.popleft()
         batch, kept = [first], deque()
         while waiting:
             job = waiting.popleft()
-            if len(batch) < self.max_batch and job.settings == first.settings:
+            if len(batch) < self.max_batch and _same_kind(job, first):
                 batch.append(job)
             else:
                 kept.append(job)
@@ -232,3 +234,8 @@ class InferenceQueue:
     def _release(self, count: int) -> None:
         with self._lock:
             self._pending -= count
+
+
+def _same_kind(job: _Job, other: _Job) -> bool:
+    """Jobs that can share a forward pass: equal settings and equal image size."""
+    return job.settings == other.settings and job.image.size == other.image.size
