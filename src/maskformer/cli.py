@@ -301,7 +301,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.host not in LOCAL_HOSTS:
         print(f"maskformer: warning: listening on {args.host}, not only localhost", file=sys.stderr)
     print(f"maskformer serve: {args.model} on {server_url(sock)}", file=sys.stderr, flush=True)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        pass
+    print("maskformer serve: stopped", file=sys.stderr)
     return EXIT_OK
 
 
