@@ -8,6 +8,7 @@ be loaded (one line on stderr; ``--traceback`` shows the full Python traceback i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -301,10 +302,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.host not in LOCAL_HOSTS:
         print(f"maskformer: warning: listening on {args.host}, not only localhost", file=sys.stderr)
     print(f"maskformer serve: {args.model} on {server_url(sock)}", file=sys.stderr, flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutting down
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
-        pass
     print("maskformer serve: stopped", file=sys.stderr)
     return EXIT_OK
 
