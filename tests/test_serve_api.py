@@ -315,3 +315,38 @@ def test_fused_labels_and_ade_photo(server):
     walls = [s for s in answer["segments_info"] if s["category_id"] == 131]
     assert len(walls) <= 1  # a fused class is one segment
     assert answer["image_id"] == "ADE_val_00000001"
+
+
+def test_full_queue_is_503_and_a_failing_model_a_one_line_500(model_and_processor):
+    from maskformer.serve.app import ServeLimits, create_app
+
+    app = create_app(*model_and_processor, "tiny", ServeLimits(max_pending=1))
+    inference = app.state.inference
+    gate, entered = threading.Event(), threading.Event()
+    real = inference._segment
+
+    def held(*args):
+        entered.set()
+        assert gate.wait(30)
+        return real(*args)
+
+    small = {"content": _png_bytes((32, 24)), "name": "small.png"}
+    with running_server(app) as url, ThreadPoolExecutor(1) as pool:
+        inference._segment = held
+        first = pool.submit(_post, url, data={"task": "semantic"}, **small)
+        assert entered.wait(30)
+        busy = _post(url, data={"task": "semantic"}, **small)
+        gate.set()
+        assert first.result().status_code == 200
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json()["detail"] == "server busy: 1 requests are waiting (the limit is 1)"
+
+        def broken(*args):
+            raise RuntimeError("CUDA out of memory (pretend)\n  at some/secret/path.py")
+
+        inference._segment = broken
+        failed = _post(url, data={"task": "semantic"}, **small)
+        assert failed.status_code == 500
+        assert failed.json() == {"detail": "internal error: RuntimeError"}
+        inference._segment = real
+        assert _post(url, data={"task": "semantic"}, **small).status_code == 200
