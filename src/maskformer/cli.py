@@ -270,7 +270,7 @@ def _add_serve_parser(commands: Any) -> None:
         "--max-batch", type=int, default=1, help="most waiting requests run in one forward pass"
     )
     serve.add_argument(
-        "--max-queue", type=int, default=64, help="most requests waiting; more get 503"
+        "--max-queue", type=int, default=32, help="most requests waiting; more get 503"
     )
     serve.add_argument("--max-upload-mb", type=float, default=20.0, help="larger uploads: 413")
     serve.add_argument("--max-megapixels", type=float, default=40.0, help="larger images: 422")

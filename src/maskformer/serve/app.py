@@ -46,7 +46,7 @@ class ServeLimits:
 
     default_task: str = "panoptic"
     max_batch: int = 1
-    max_pending: int = 64
+    max_pending: int = 32
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     timeout_s: float = 300.0
@@ -229,15 +229,17 @@ def create_app(
             overlap_mask_area_threshold=overlap_mask_area_threshold,
             label_ids_to_fuse=_parse_ids(label_ids_to_fuse, id2label),
         )
-        data = await image.read()
-        if len(data) > limits.max_upload_bytes:  # the middleware counts the whole request
-            raise UploadError(413, _too_large_message(len(data), limits.max_upload_bytes))
+        try:
+            inference.ensure_room()  # refuse before decoding, to spare the memory
+        except QueueFullError as error:
+            raise _busy(error) from None
+        data = await image.read()  # the body size is bounded by BodySizeLimit
         name = image.filename or "image"
         picture = await run_in_threadpool(decode_upload, data, limits.max_pixels, name)
         try:
             future = inference.submit(picture, settings)
         except (QueueFullError, WorkerStoppedError) as error:
-            raise HTTPException(503, f"server busy: {error}", {"Retry-After": "1"}) from None
+            raise _busy(error) from None
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout_s)
         except asyncio.TimeoutError:
@@ -301,6 +303,10 @@ def _model_info(
         "max_pixels": limits.max_pixels,
         "max_batch": limits.max_batch,
     }
+
+
+def _busy(error: Exception) -> HTTPException:
+    return HTTPException(503, f"server busy: {error}", {"Retry-After": "1"})
 
 
 def _too_large_message(size: int | None, limit: int) -> str:

@@ -130,6 +130,13 @@ class InferenceQueue:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def ensure_room(self) -> None:
+        """Raise :class:`QueueFullError` when ``max_pending`` jobs are waiting or running."""
+        if self._pending >= self.max_pending:
+            raise QueueFullError(
+                f"{self._pending} requests are waiting (the limit is {self.max_pending})"
+            )
+
     def submit(self, image: Image.Image, settings: SegmentSettings) -> Future:
         """Queue one RGB ``image``; the future's result is the post-processed result dict of
         :func:`~maskformer.engine.predict.segment_batch` for it.
@@ -144,10 +151,7 @@ class InferenceQueue:
         with self._lock:
             if self._closed:
                 raise WorkerStoppedError("the inference queue is closed")
-            if self._pending >= self.max_pending:
-                raise QueueFullError(
-                    f"{self._pending} requests are waiting (the limit is {self.max_pending})"
-                )
+            self.ensure_room()
             self._pending += 1
         self._jobs.put(job)
         return job.future
