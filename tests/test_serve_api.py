@@ -207,6 +207,7 @@ def test_model_and_health(server):
     for asset in ("app.js", "style.css"):
         assert httpx.get(f"{url}/static/{asset}").status_code == 200
     assert "/v1/segment" in httpx.get(f"{url}/openapi.json").json()["paths"]
+    assert httpx.get(f"{url}/docs").status_code == 404  # Swagger UI would need a CDN
 
 
 @pytest.fixture(scope="module")

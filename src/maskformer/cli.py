@@ -257,7 +257,7 @@ def _add_serve_parser(commands: Any) -> None:
         "serve",
         help="serve a model: a web page at / and an HTTP API (needs maskformer[serve])",
         description="Load a model once and serve it: a page to try it on pictures, and an HTTP "
-        "API (POST /v1/segment, GET /v1/model, GET /healthz; OpenAPI at /docs). Requests "
+        "API (POST /v1/segment, GET /v1/model, GET /healthz; OpenAPI at /openapi.json). Requests "
         "queue for the model: one forward pass at a time.",
     )
     serve.add_argument("--model", required=True, help="local checkpoint folder or hub id")

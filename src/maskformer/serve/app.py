@@ -1,7 +1,8 @@
 """The FastAPI application of ``maskformer serve``: the page, the JSON API and its limits.
 
 Routes: ``GET /`` (the page), ``GET /static/...`` (its script and style), ``POST /v1/segment``,
-``GET /v1/model``, ``GET /healthz``, ``GET /openapi.json`` and ``GET /docs``. The model runs on
+``GET /v1/model``, ``GET /healthz`` and ``GET /openapi.json`` (no ``/docs``: FastAPI's Swagger
+page loads its script from a CDN, and this server must work offline). The model runs on
 one worker thread behind :class:`~maskformer.serve.worker.InferenceQueue`; request handlers only
 decode uploads and build answers. Errors are JSON ``{"detail": ...}`` with a 4xx status that
 says what was wrong (413 upload too large, 422 too many pixels or a bad field, 400 unreadable
@@ -168,6 +169,8 @@ def create_app(
         version="1",
         summary=f"MaskFormer segmentation with {model_name}",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN
+        redoc_url=None,
     )
     app.state.inference = inference
     app.state.limits = limits
