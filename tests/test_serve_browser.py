@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.ndimage import binary_erosion
 
 from tests._serve_support import PHOTO, load, running_server, save_tiny_checkpoint
 from tests.conftest import REPO_ROOT, SHARED_DATA, requires_shared_data
@@ -61,7 +62,7 @@ def page(server):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(
-                accept_downloads=True, viewport={"width": 1360, "height": 640}
+                accept_downloads=True, viewport={"width": 1360, "height": 560}
             )
             page = context.new_page()
             page.set_default_timeout(60_000)
@@ -107,11 +108,15 @@ def test_upload_overlay_legend_hover_downloads(server, page, tmp_path):
     classes = sorted({s["category_id"]: s["label"] for s in expected["segments_info"]}.items())
     assert page.locator("#legend li .name").all_inner_texts() == [name for _, name in classes]
 
-    # Hover the middle of the largest segment: the tooltip names its class and score.
+    # Hover inside the largest segment: the tooltip names its class and score. The overlay is
+    # shown at about 0.6x, so a pointer position maps to the image within ~2 px: aim at a pixel
+    # whose 9 x 9 neighbourhood belongs to the segment.
     ids = np.asarray(Image.open(io.BytesIO(base64.b64decode(expected["segment_map_png"]))))
     ids = ids.astype(np.int64) @ np.array([1, 256, 65536])
     largest = max(expected["segments_info"], key=lambda s: s["area"])
-    rows, columns = np.nonzero(ids == largest["id"])
+    inside = binary_erosion(ids == largest["id"], np.ones((9, 9), dtype=bool))
+    rows, columns = np.nonzero(inside)
+    assert len(rows), "the largest segment should have an interior"
     pick = len(rows) // 2
     box = page.locator("#overlay").bounding_box()
     page.mouse.move(
