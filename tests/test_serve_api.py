@@ -121,6 +121,18 @@ def test_answer_equals_what_predict_writes(server, model_and_processor, tmp_path
         assert np.array_equal(ids, np.where(covered, best, 0))
 
 
+@pytest.mark.parametrize("task", ["panoptic", "instance"])
+def test_nothing_found_is_an_empty_answer(server, task):
+    url, _ = server
+    response = _post(url, data={"task": task, "threshold": "1.0", "segment_map": "true"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["segments_info"] == []
+    for key in ("label_png", "segment_map_png"):
+        assert not np.asarray(_png(answer[key])).any()
+    assert _png(answer["overlay_png"]).height == answer["height"]
+
+
 def test_segment_map_and_overlay_options(server):
     url, _ = server
     answer = _post(url, data={"task": "semantic", "segment_map": "true", "overlay": "false"})

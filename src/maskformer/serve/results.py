@@ -152,7 +152,7 @@ def build_payload(
         records = instance_records(payload["image_id"], masks, labels, scores)
         ids = _instance_ids(masks, scores)
         label = label_png(ids, len(records) + 1)
-        areas = np.concatenate([[0], masks.reshape(len(masks), -1).sum(axis=1)])
+        areas = np.concatenate([[0], masks.sum(axis=(1, 2))])
         segments = [
             {
                 "id": index + 1,
