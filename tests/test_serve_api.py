@@ -305,6 +305,13 @@ def test_bad_fields_are_422_naming_the_field(strict_server, data, field):
     assert field in response.text
 
 
+def test_an_image_the_processor_refuses_is_422(strict_server):
+    # 1 x 5000 px: resized to the processor's longest edge (160 px) its width would be 0 px
+    response = _post(strict_server, content=_png_bytes((1, 5000)), name="sliver.png")
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("cannot segment image 'sliver.png' (1x5000): ")
+
+
 def test_missing_image_is_422(strict_server):
     response = httpx.post(f"{strict_server}/v1/segment", data={"task": "semantic"})
     assert response.status_code == 422 and "image" in response.text

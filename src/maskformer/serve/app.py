@@ -5,8 +5,8 @@ Routes: ``GET /`` (the page), ``GET /static/...`` (its script and style), ``POST
 page loads its script from a CDN, and this server must work offline). The model runs on
 one worker thread behind :class:`~maskformer.serve.worker.InferenceQueue`; request handlers only
 decode uploads and build answers. Errors are JSON ``{"detail": ...}`` with a 4xx status that
-says what was wrong (413 upload too large, 422 too many pixels or a bad field, 400 unreadable
-image, 503 queue full); an unexpected failure is a 500 with one line, never a traceback.
+says what was wrong (413 upload too large, 422 too many pixels, a shape the processor refuses or
+a bad field, 400 unreadable image, 503 queue full); an unexpected failure is a 500 with one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -249,6 +249,10 @@ def create_app(
             raise HTTPException(503, "timed out waiting for the model") from None
         except WorkerStoppedError as error:
             raise HTTPException(503, str(error)) from None
+        except ValueError as error:  # the processor refuses this image (e.g. 1 x 5000 px)
+            raise UploadError(
+                422, f"cannot segment image {name!r} ({picture.width}x{picture.height}): {error}"
+            ) from None
         return await run_in_threadpool(
             build_payload,
             picture,

@@ -5,7 +5,7 @@
 
 const $ = (id) => document.getElementById(id);
 const THRESHOLDS = ["threshold", "mask_threshold", "overlap_mask_area_threshold"];
-const state = { file: null, colors: {}, segments: new Map(), ids: null, width: 0, original: null, urls: [] };
+const state = { file: null, colors: {}, segments: new Map(), ids: null, width: 0, original: null, urls: [], latest: 0 };
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -68,12 +68,13 @@ async function segment() {
   for (const name of THRESHOLDS) form.append(name, $(name).value);
   form.append("legend", "false");
   form.append("segment_map", "true");
-  $("run").disabled = true;
+  const ticket = ++state.latest; // only the newest request's answer is shown
   setStatus("Segmenting…");
   const started = performance.now();
   try {
     const response = await fetch("/v1/segment", { method: "POST", body: form });
     const body = await response.json().catch(() => ({}));
+    if (ticket !== state.latest) return;
     if (!response.ok) {
       const detail = Array.isArray(body.detail)
         ? body.detail.map((d) => `${d.loc.slice(-1)}: ${d.msg}`).join("; ")
@@ -84,9 +85,7 @@ async function segment() {
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     setStatus(`${body.segments_info.length} segments · ${body.width}×${body.height} · ${seconds} s`);
   } catch (error) {
-    setStatus(String(error.message || error), true);
-  } finally {
-    $("run").disabled = false;
+    if (ticket === state.latest) setStatus(String(error.message || error), true);
   }
 }
 
