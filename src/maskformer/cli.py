@@ -296,14 +296,17 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=int(args.max_megapixels * 1_000_000),
     )
-    sock = bind_socket(args.host, args.port)  # before the (slow) model load
-    model, processor = _load(args)
-    server = make_server(create_app(model, processor, args.model, limits), args.log_level)
-    if args.host not in LOCAL_HOSTS:
-        print(f"maskformer: warning: listening on {args.host}, not only localhost", file=sys.stderr)
-    print(f"maskformer serve: {args.model} on {server_url(sock)}", file=sys.stderr, flush=True)
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutting down
-        server.run(sockets=[sock])
+    with bind_socket(args.host, args.port) as sock:  # before the (slow) model load
+        model, processor = _load(args)
+        server = make_server(create_app(model, processor, args.model, limits), args.log_level)
+        if args.host not in LOCAL_HOSTS:
+            print(
+                f"maskformer: warning: listening on {args.host}, not only localhost",
+                file=sys.stderr,
+            )
+        print(f"maskformer serve: {args.model} on {server_url(sock)}", file=sys.stderr, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after stopping
+            server.run(sockets=[sock])
     print("maskformer serve: stopped", file=sys.stderr)
     return EXIT_OK
 
