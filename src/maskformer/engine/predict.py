@@ -12,7 +12,8 @@ panoptic   ``panoptic/NAME.png``: COCO panoptic RGB ids (id = R + 256 G + 256^2 
            and ``panoptic.json``: ``{"annotations": [{"image_id", "file_name",
            "segments_info": [{"id", "category_id", "score"}]}], "categories": [...]}``
 instance   ``instances.json``: COCO results ``[{"image_id", "category_id", "segmentation":
-           {"size", "counts" (str)}, "score"}]``
+           {"size", "counts" (str)}, "score"}]``; ``category_id`` is the original COCO
+           category id when the config has ``label_category_ids``, else the class index
 all        ``overlays/NAME.png``: the photo with class colours, outlines and a legend
 =========  ==================================================================================
 
@@ -202,6 +203,11 @@ def predict_images(
         payload = {"annotations": records, "categories": categories}
         report.written.append(_write_json(out / "panoptic.json", payload))
     elif options.task == "instance":
+        from maskformer.data.coco_instances import original_category_ids
+
+        category_ids = original_category_ids(model.config)  # the training data's own ids
+        if category_ids is not None:
+            records = [{**r, "category_id": category_ids[r["category_id"]]} for r in records]
         report.written.append(_write_json(out / "instances.json", records))
     return report
 
