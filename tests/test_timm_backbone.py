@@ -267,8 +267,9 @@ def _real_timm():
 
 
 REAL_FAMILIES = {
-    # a convolutional net
+    # convolutional nets (ResNet's stride-2 level is left out by default)
     "resnet18": {},
+    "convnext_atto": {},
     # a hierarchical transformer, shrunk; channels-last outputs, any input size
     "swin_tiny_patch4_window7_224": {
         "embed_dim": 24,

@@ -259,7 +259,7 @@ class CocoInstanceDataset(SegmentationDataset):
     Attributes:
         id2label: label -> category name.
         category_ids: label -> original category id.
-        thing_ids: every label (all categories are objects).
+        thing_ids: every label (all categories are objects); ``isthing``: True per label.
         num_labels: number of categories.
     """
 
@@ -288,6 +288,7 @@ class CocoInstanceDataset(SegmentationDataset):
         self.id2label = self.index.id2label
         self.category_ids = list(self.index.category_ids)
         self.thing_ids = list(range(len(self.category_ids)))
+        self.isthing = [True] * len(self.category_ids)
         self._category_to_label = {c: k for k, c in enumerate(self.category_ids)}
 
     def __len__(self) -> int:

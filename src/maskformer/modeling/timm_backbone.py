@@ -128,7 +128,8 @@ class TimmBackbone(nn.Module):
             self.pyramid = SimpleFeaturePyramid(channels[-1])
             self.channels = list(self.pyramid.channels)
             stride = strides[-1]
-            self.strides = [stride / 4, stride / 2, stride, stride * 2]
+            scaled = (stride / 4, stride / 2, stride, stride * 2)
+            self.strides = [int(s) if float(s).is_integer() else s for s in scaled]
         else:
             if any(b <= a for a, b in zip(strides, strides[1:])):
                 raise ValueError(
