@@ -233,6 +233,8 @@ def test_wrong_task_and_missing_json(data: Path, tmp_path: Path, capsys) -> None
     (tmp_path / "instances.json").write_text("[]")
     empty = tmp_path / "empty"
     empty.mkdir()
+    panoptic = {"images": [], "annotations": [{"segments_info": []}], "categories": []}
+    (empty / "panoptic.json").write_text(json.dumps(panoptic))  # not an instance json
     code = main(
         ["evaluate", "--predictions", str(tmp_path), "--data", str(empty)]
         + ["--format", "coco-instances", "--task", "instance", "--output", str(tmp_path / "o")]

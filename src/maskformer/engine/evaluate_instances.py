@@ -62,7 +62,12 @@ def _looks_like_instances(path: Path) -> bool:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(data, dict) and "images" in data and "annotations" in data
+    if not isinstance(data, dict) or "images" not in data:
+        return False
+    annotations = data.get("annotations")
+    return isinstance(annotations, list) and not (
+        annotations and isinstance(annotations[0], dict) and "segments_info" in annotations[0]
+    )  # a COCO panoptic json lists segments_info instead
 
 
 def label_category_ids(config: Any, index: CocoInstanceIndex) -> list[int]:
