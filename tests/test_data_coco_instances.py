@@ -205,6 +205,10 @@ def test_rle_of_another_size_and_image_of_another_size(tmp_path: Path) -> None:
     data = _hand_made()
     data["annotations"][0]["segmentation"] = encode_rle(np.ones((1, 5, 5), dtype=bool))[0]
     json_file = _write(tmp_path, data, {"a.png": (HEIGHT, WIDTH), "b.png": (HEIGHT, WIDTH)})
+    with pytest.raises(ValueError, match=r"instances\.json: annotation 1: RLE size \[5, 5\]"):
+        CocoInstanceDataset(json_file, tmp_path / "images")
+    del data["images"][0]["height"]  # no size in the json: checked against the image file
+    json_file = _write(tmp_path, data, {"a.png": (HEIGHT, WIDTH), "b.png": (HEIGHT, WIDTH)})
     with pytest.raises(ValueError, match=r"annotation 1: RLE size \[5, 5\]"):
         CocoInstanceDataset(json_file, tmp_path / "images")[0]
     json_file = _write(tmp_path, _hand_made(), {"a.png": (HEIGHT, WIDTH), "b.png": (4, 4)})

@@ -176,6 +176,15 @@ def read_coco_instances(json_file: str | Path) -> CocoInstanceIndex:
                 f"is not in 'categories' (ids {sorted(categories)[:20]})",
             )
         check_segmentation(annotation["segmentation"], json_file, annotation_id)
+        info = images[image_id]
+        if isinstance(annotation["segmentation"], Mapping) and "height" in info and "width" in info:
+            size = [int(s) for s in annotation["segmentation"]["size"]]
+            if size != [int(info["height"]), int(info["width"])]:
+                raise _fail(
+                    json_file,
+                    f"annotation {annotation_id}: RLE size {size} (height, width) differs from "
+                    f"image {image_id}'s {[info['height'], info['width']]}",
+                )
         annotations[int(image_id)].append(annotation)
     return CocoInstanceIndex(
         json_file, ordered, [int(c["id"]) for c in ordered], list(images.values()), annotations
