@@ -75,15 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--predictions",
         type=Path,
         help="semantic: folder of label PNGs; panoptic: COCO panoptic json (+ PNG folder of the "
-        "same name) or a `maskformer predict` output folder",
+        "same name); instance: COCO results json; or a `maskformer predict` output folder",
     )
     evaluate.add_argument("--data", type=Path, required=True, help="data folder")
-    evaluate.add_argument("--format", choices=("ade20k", "coco-panoptic"), required=True)
+    evaluate.add_argument(
+        "--format", choices=("ade20k", "coco-panoptic", "coco-instances"), required=True
+    )
     evaluate.add_argument("--task", choices=("semantic", "instance", "panoptic"), required=True)
     evaluate.add_argument(
-        "--annotations", type=Path, help="coco-panoptic: the json (default: the one in --data)"
+        "--annotations",
+        "--coco-json",
+        type=Path,
+        help="coco-panoptic / coco-instances: the json (default: the one in --data)",
     )
-    evaluate.add_argument("--image-dir", type=Path, help="coco-panoptic: default DATA/images")
+    evaluate.add_argument("--image-dir", type=Path, help="coco-*: default DATA/images")
     evaluate.add_argument("--panoptic-dir", type=Path, help="coco-panoptic: default DATA/panoptic")
     evaluate.add_argument(
         "--no-reduce-labels",

@@ -54,7 +54,7 @@ from maskformer.engine.predict import (
 from maskformer.engine.segment import first_line
 from maskformer.utils.constants import IGNORE_INDEX
 
-FORMATS = ("ade20k", "coco-panoptic")
+FORMATS = ("ade20k", "coco-panoptic", "coco-instances")
 
 
 @dataclass
@@ -84,6 +84,8 @@ class EvaluateOptions:
                 f"--format ade20k holds semantic label maps only; --task {self.task} needs "
                 "--format coco-panoptic"
             )
+        if self.data_format == "coco-instances" and self.task != "instance":
+            raise ValueError("--format coco-instances is scored with --task instance (mask AP)")
         check_positive_int("batch_size", self.batch_size)
         if self.max_images is not None:
             check_positive_int("max_images", self.max_images)
@@ -96,6 +98,10 @@ def evaluate_model(
     model: Any, processor: Any, data_dir: Path, options: EvaluateOptions
 ) -> dict[str, Any]:
     """Run ``model`` over the data folder and return the task's metric figures."""
+    if options.data_format == "coco-instances":
+        from maskformer.engine.evaluate_instances import evaluate_model_on_coco_instances
+
+        return evaluate_model_on_coco_instances(model, processor, Path(data_dir), options)
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     if options.data_format == "ade20k":
         return _evaluate_ade20k(model, processor, Path(data_dir), id2label, options)
@@ -300,9 +306,14 @@ def evaluate_prediction_files(
         raise FileNotFoundError(f"predictions {predictions} do not exist")
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist")
+    if options.data_format == "coco-instances":
+        from maskformer.engine.evaluate_instances import evaluate_instance_predictions
+
+        return evaluate_instance_predictions(predictions, data_dir, options)
     if options.task == "instance":
         raise ValueError(
-            "--predictions scores semantic and panoptic files; for instance use --model"
+            "--predictions scores instance files against --format coco-instances data; "
+            "otherwise use --model"
         )
     if options.task == "semantic":
         if options.data_format != "ade20k":

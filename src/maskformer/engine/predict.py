@@ -12,7 +12,8 @@ panoptic   ``panoptic/NAME.png``: COCO panoptic RGB ids (id = R + 256 G + 256^2 
            and ``panoptic.json``: ``{"annotations": [{"image_id", "file_name",
            "segments_info": [{"id", "category_id", "score"}]}], "categories": [...]}``
 instance   ``instances.json``: COCO results ``[{"image_id", "category_id", "segmentation":
-           {"size", "counts" (str)}, "score"}]``
+           {"size", "counts" (str)}, "score"}]``; ``category_id`` is the original COCO
+           category id when the config has ``label_category_ids``, else the class index
 all        ``overlays/NAME.png``: the photo with class colours, outlines and a legend
 =========  ==================================================================================
 
@@ -266,6 +267,8 @@ def _predict_locked(
     finally:
         progress.close()
         if target is not None and (finished or records):  # finished outputs are never lost
+            if options.task == "instance":
+                records = _original_category_ids(model.config, records)
             merged = merge_records(old_records, records)
             report.written.append(write_records(target, options.task, merged, categories))
     return report
@@ -303,6 +306,17 @@ def _write_result(
         written.append(save_png(draw_overlay(), out / "overlays" / name))
     records += new_records
     return written
+
+
+def _original_category_ids(config: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Instance records with the training data's own category ids, when the config has them
+    (``label_category_ids``, set from COCO instance data); unchanged otherwise."""
+    from maskformer.data.coco_instances import original_category_ids
+
+    category_ids = original_category_ids(config)
+    if category_ids is None:
+        return records
+    return [{**r, "category_id": category_ids[r["category_id"]]} for r in records]
 
 
 def _json_target(options: PredictOptions) -> Path | None:

@@ -115,8 +115,12 @@ def check_labels(mask_labels: Any, class_labels: Any, batch_size: int) -> None:
 
 
 def build_backbone(config: MaskFormerConfig) -> nn.Module:
-    """The backbone named by ``config.backbone_config`` (Swin or ResNet)."""
+    """The backbone named by ``config.backbone_config`` (Swin, ResNet or a timm model)."""
     backbone_config = config.backbone_config
+    if backbone_config.model_type == "timm":
+        from maskformer.modeling.timm_backbone import TimmBackbone
+
+        return TimmBackbone(backbone_config)
     if type(backbone_config) is SwinConfig:
         values = backbone_config.to_dict()
         for key in ("model_type", "transformers_version", "out_features", "out_indices"):
@@ -135,7 +139,7 @@ def build_backbone(config: MaskFormerConfig) -> nn.Module:
         return ResNetBackbone(backbone_config)
     raise ValueError(
         f"backbone {backbone_config.model_type!r} is not supported; use one of "
-        "['maskformer-swin', 'resnet', 'swin']"
+        "['maskformer-swin', 'resnet', 'swin', 'timm']"
     )
 
 
