@@ -44,17 +44,13 @@ from maskformer.processing.inputs import (
 )
 from maskformer.processing.pixels import batch_pixels, channel_stats, copy_writer, make_writer
 from maskformer.processing.post_process_methods import PostProcessMixin
-from maskformer.processing.serialization import CONFIG_NAME, ProcessorConfigMixin  # noqa: F401
+from maskformer.processing.serialization import (  # noqa: F401 (CONFIG_NAME: re-exported)
+    CONFIG_NAME,
+    TYPE_KEYS,
+    ProcessorConfigMixin,
+)
 from maskformer.processing.targets import convert_segmentation_map_to_binary_masks, encode_labels
 from maskformer.utils.constants import IMAGENET_MEAN, IMAGENET_STD
-
-# Keys of a serialized processor that only describe its class.
-_TYPE_KEYS = (
-    "image_processor_type",
-    "feature_extractor_type",
-    "processor_class",
-    "_processor_class",
-)
 
 
 class MaskFormerImageProcessor(PostProcessMixin, ProcessorConfigMixin):
@@ -90,7 +86,7 @@ class MaskFormerImageProcessor(PostProcessMixin, ProcessorConfigMixin):
         self._max_size = DEFAULT_LONGEST_EDGE if max_size is MISSING else max_size
         legacy_reduce = deprecated("reduce_labels", "use `do_reduce_labels`", kwargs)
         do_reduce_labels = do_reduce_labels if legacy_reduce is MISSING else legacy_reduce
-        for key in _TYPE_KEYS:
+        for key in TYPE_KEYS:
             kwargs.pop(key, None)
         self.do_resize = do_resize
         self.size = get_size_dict(

@@ -18,6 +18,13 @@ from maskformer.utils.atomic import atomic_write_text
 from maskformer.utils.hub import PushToHubMixin, pop_hub_kwargs, resolve_file
 
 CONFIG_NAME = "preprocessor_config.json"
+TYPE_KEYS = (
+    "image_processor_type",
+    "feature_extractor_type",
+    "processor_class",
+    "_processor_class",
+)
+"""Keys of a serialized processor that only describe its class (dropped when loading)."""
 _PUSH_KEYWORDS = (
     "repo_id",
     "commit_message",
