@@ -254,16 +254,20 @@ def test_channels_last_input_gives_correct_pixel_mask():
     assert out["pixel_mask"][1].sum() == 48
 
 
-def test_grayscale_and_rgba_become_rgb():
+def test_grayscale_and_pil_rgba_become_rgb():
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, (20, 24), dtype=np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     processor = MaskFormerImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
     expected = processor(rgb, return_tensors="np")["pixel_values"]
     rgba = np.concatenate([rgb, np.full((20, 24, 1), 7, np.uint8)], axis=-1)
-    for image in (gray, Image.fromarray(gray), Image.fromarray(rgba), rgba):
+    for image in (gray, Image.fromarray(gray), Image.fromarray(rgba)):
         got = processor(image, return_tensors="np")["pixel_values"]
         np.testing.assert_array_equal(got, expected)
+    # Only a PIL image says it has alpha: a 4-channel array keeps its 4 channels, so the
+    # 3-value default statistics do not fit it.
+    with pytest.raises(ValueError, match="image_mean.*4 channels"):
+        processor(rgba)
     palette = Image.fromarray((gray // 16).astype(np.uint8), mode="P")
     palette.putpalette([v for i in range(256) for v in (i * 16 % 256, i, 255 - i)])
     np.testing.assert_array_equal(
@@ -286,7 +290,7 @@ def test_grayscale_and_rgba_become_rgb():
         (lambda p, i, m: p(i, m.astype(np.float32) + 0.5), "segmentation_maps"),
         (lambda p, i, m: p([], []), "`images` is empty"),
         (lambda p, i, m: p([i], []), "`segmentation_maps` is empty"),
-        # Raised by the label encoding, which runs in a background thread.
+        # Raised by the label encoding.
         (
             lambda p, i, m: MaskFormerImageProcessor()(i, m, do_reduce_labels=True),
             "ignore_index",
@@ -402,7 +406,7 @@ def test_missing_local_path_raises_without_touching_the_hub(tmp_path):
         MaskFormerImageProcessor.from_pretrained("./not-here")
 
 
-def test_background_label_encoding_matches_reference(hf, two_torch_threads):
+def test_label_encoding_with_two_torch_threads_matches_reference(hf, two_torch_threads):
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(30, 40), (44, 28)]]
     maps = [rng.integers(0, 6, image.shape[:2]).astype(np.uint8) for image in images]
@@ -412,7 +416,7 @@ def test_background_label_encoding_matches_reference(hf, two_torch_threads):
         assert_same_batch(ours, theirs)
 
 
-def test_background_label_encoding_raises_naming_the_argument(two_torch_threads):
+def test_label_encoding_with_two_torch_threads_raises_naming_the_argument(two_torch_threads):
     image, label_map = np.zeros((8, 9, 3), np.uint8), np.ones((8, 9), np.uint8)
     with pytest.raises(ValueError, match="ignore_index"):
         MaskFormerImageProcessor()(image, label_map, do_reduce_labels=True)
