@@ -37,6 +37,7 @@ from maskformer.engine.predict import (
     panoptic_png,
     panoptic_result_to_coco,
 )
+from maskformer.images import image_to_rgb
 from maskformer.utils.coco import panoptic_ids_to_rgb
 from maskformer.visualize import overlay_instances, overlay_panoptic, overlay_semantic
 
@@ -50,12 +51,9 @@ class UploadError(ValueError):
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """``image`` upright (its EXIF orientation applied) and in RGB.
-
-    Stand-in for ``maskformer.images.image_to_rgb`` (written on another branch).
-    """
-    upright = ImageOps.exif_transpose(image)
-    return upright.convert("RGB")
+    """``image`` upright (its EXIF orientation applied) and in 8-bit RGB, converted as
+    :func:`maskformer.images.read_image` converts files (16-bit and float scaled by range)."""
+    return image_to_rgb(ImageOps.exif_transpose(image))
 
 
 def decode_upload(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
