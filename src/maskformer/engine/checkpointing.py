@@ -280,6 +280,8 @@ def save_model_folder(
         model.save_pretrained(staging)
         for filename, payload in (extra_json or {}).items():
             atomic_write_json(staging / filename, payload)
+        for written in staging.rglob("*"):  # whatever save_pretrained's own writer chose
+            os.chmod(written, (0o777 if written.is_dir() else 0o666) & ~_umask())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
