@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 CURVES_FILENAME = "curves.png"
 PANEL = (560, 380)  # width, height of one panel in pixels
-MARGIN = (64, 28, 20, 46)  # left, top, right, bottom: room for tick labels and titles
+MARGIN = (64, 28, 30, 46)  # left, top, right, bottom: room for tick labels and titles
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189)]
 BACKGROUND, INK, GRID = (255, 255, 255), (30, 30, 30), (225, 225, 225)
 

@@ -25,6 +25,11 @@ TASK_OF_FORMAT = {
     "coco-panoptic": "panoptic",
     "coco-instances": "instance",
 }
+_PATHS_OF_FORMAT = {
+    "ade20k": ("data_dir",),
+    "coco-panoptic": ("coco_json", "image_dir", "panoptic_dir"),
+    "coco-instances": ("coco_json", "image_dir"),
+}
 _VALIDATION_FLAGS = ("val_data_dir", "val_coco_json", "val_image_dir", "val_panoptic_dir")
 
 
@@ -66,7 +71,7 @@ def build_dataset(args: TrainingArguments, split: str = "train") -> Dataset:
     if args.data_format == "ade20k":
         from maskformer.data.ade20k import ADE20KDataset
 
-        _require_paths(args, prefix, "data_dir")
+        _require_paths(args, prefix, *_PATHS_OF_FORMAT["ade20k"])
         num_labels = args.num_labels or (len(args.id2label) if args.id2label else 150)
         return ADE20KDataset(
             getattr(args, f"{prefix}data_dir"),
@@ -79,12 +84,12 @@ def build_dataset(args: TrainingArguments, split: str = "train") -> Dataset:
     if args.data_format == "coco-instances":
         from maskformer.data.coco_instances import CocoInstanceDataset
 
-        _require_paths(args, prefix, "coco_json", "image_dir")
+        _require_paths(args, prefix, *_PATHS_OF_FORMAT["coco-instances"])
         json_file, image_dir = (getattr(args, f"{prefix}{n}") for n in ("coco_json", "image_dir"))
         return CocoInstanceDataset(json_file, image_dir, transform=transform, seed=args.seed)
     from maskformer.data.coco_panoptic import CocoPanopticDataset
 
-    _require_paths(args, prefix, "coco_json", "image_dir", "panoptic_dir")
+    _require_paths(args, prefix, *_PATHS_OF_FORMAT["coco-panoptic"])
     return CocoPanopticDataset(
         getattr(args, f"{prefix}coco_json"),
         getattr(args, f"{prefix}image_dir"),
@@ -95,8 +100,7 @@ def build_dataset(args: TrainingArguments, split: str = "train") -> Dataset:
 
 
 def _require_paths(args: TrainingArguments, prefix: str, *names: str) -> None:
-    """Each path the format needs is given and exists; validation paths of another format are
-    refused (the validation set has the training set's format)."""
+    """Each path the format needs is given and exists."""
     for name in names:
         attribute = prefix + name
         flag = "--" + attribute.replace("_", "-")
@@ -105,29 +109,26 @@ def _require_paths(args: TrainingArguments, prefix: str, *names: str) -> None:
             raise ValueError(f"data_format={args.data_format!r} needs {attribute} ({flag})")
         if not Path(value).exists():
             raise FileNotFoundError(f"{attribute} ({flag}) {str(value)!r} does not exist")
-    if prefix:
-        needed = {prefix + name for name in names}
-        stray = [n for n in _VALIDATION_FLAGS if getattr(args, n) is not None and n not in needed]
-        if stray:
-            flags = ", ".join("--" + n.replace("_", "-") for n in stray)
-            raise ValueError(
-                f"{flags} do(es) not belong to data_format={args.data_format!r}: the validation "
-                f"set must have the training data's format (it needs "
-                f"{', '.join('--' + n.replace('_', '-') for n in sorted(needed))})"
-            )
 
 
 def check_validation_flags(args: TrainingArguments) -> None:
-    """Validation paths without ``eval_every``, or for synthetic data, are a mistake: say so."""
+    """Validation paths must be those of the training data's format, and need ``eval_every``."""
     given = [n for n in _VALIDATION_FLAGS if getattr(args, n) is not None]
-    if given and args.eval_every == 0:
-        raise ValueError(
-            f"--{given[0].replace('_', '-')} is given but --eval-every is 0 (no evaluation)"
+    if not given:
+        return
+    flag = "--" + given[0].replace("_", "-")
+    if args.eval_every == 0:
+        raise ValueError(f"{flag} is given but --eval-every is 0 (no evaluation)")
+    needed = {"val_" + name for name in _PATHS_OF_FORMAT.get(args.data_format or "", ())}
+    stray = [n for n in given if n not in needed]
+    if stray:
+        wanted = ", ".join("--" + n.replace("_", "-") for n in sorted(needed)) or (
+            "--val-synthetic-images (generated images)"
         )
-    if given and args.data_format == "synthetic":
         raise ValueError(
-            f"--{given[0].replace('_', '-')} does not belong to data_format='synthetic' (its "
-            "validation images are generated: --val-synthetic-images)"
+            f"{'--' + stray[0].replace('_', '-')} does not belong to data_format="
+            f"{args.data_format!r}: the validation set has the training data's format, which "
+            f"takes {wanted}"
         )
 
 
