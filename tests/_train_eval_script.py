@@ -9,7 +9,6 @@ AP with the same evaluator on every process; rank 0 writes OUTPUT_DIR/figures.js
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -42,15 +41,16 @@ def evaluate_all(model, rank: int, world_size: int) -> dict[str, dict]:
 
 
 def run(output_dir: Path) -> None:
-    args = quick_args(output_dir, max_steps=2, eval_every=2, batch_size=2)
-    train(args, train_dataset=synthetic_dataset(8, 32), eval_dataset=validation_set())
+    # The process group is started here, so train() uses it and leaves it up for the rest.
     context = init_distributed("cpu")
     try:
+        args = quick_args(output_dir, max_steps=2, eval_every=2, batch_size=2)
+        train(args, train_dataset=synthetic_dataset(8, 32), eval_dataset=validation_set())
         model = MaskFormerForInstanceSegmentation.from_pretrained(output_dir / "final")
         figures = evaluate_all(model, context.rank, context.world_size)
     finally:
         cleanup(context)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if context.rank == 0:
         (output_dir / "figures.json").write_text(json.dumps(figures))
 
 

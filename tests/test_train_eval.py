@@ -216,7 +216,7 @@ def test_two_processes_evaluate_like_one(tmp_path):
         str(SCRIPT),
         str(tmp_path),
     ]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-4000:]
     logged = [r for r in read_log(tmp_path) if "eval" in r]
     assert [r["step"] for r in logged] == [2]

@@ -72,10 +72,13 @@ def say(trainer: Trainer, message: str) -> None:
 
 
 def append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
-    """Append one JSON line (a whole line per write, flushed)."""
-    with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
+    """Append one JSON line (a whole line per write, flushed); an ``OSError`` names ``path``."""
+    try:
+        with path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+    except OSError as error:
+        raise OSError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def is_due(step: int, every: int, max_steps: int) -> bool:
