@@ -25,6 +25,7 @@ from maskformer.engine.evaluation_hook import (
     panoptic_target,
     semantic_target,
 )
+from maskformer.engine.hooks import Hook
 from maskformer.engine.train import train
 
 SCRIPT = Path(__file__).resolve().parent / "_train_eval_script.py"
@@ -234,3 +235,34 @@ def test_two_processes_evaluate_like_one(tmp_path):
         torch.set_num_threads(threads)
     assert json.loads(json.dumps(single)) == distributed
     assert logged[0]["eval"] == single["semantic"]
+
+
+class _CountingHook(Hook):
+    """A user's hook: counts steps, and keeps the count across a resume."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seen: list[int] = []
+
+    def after_step(self, trainer) -> None:
+        self.count += 1
+        self.seen.append(trainer.step)
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state) -> None:
+        self.count = state["count"]
+
+
+def test_a_user_hook_sees_every_step_and_its_state_survives_a_resume(tmp_path):
+    dataset = synthetic_dataset(8, 32)
+    first = _CountingHook()
+    train(quick_args(tmp_path, max_steps=3, save_every=3), train_dataset=dataset, hooks=[first])
+    assert first.seen == [1, 2, 3]
+    second = _CountingHook()
+    args = quick_args(tmp_path, max_steps=5, resume="auto")
+    train(args, train_dataset=dataset, hooks=[second])
+    assert second.seen == [4, 5] and second.count == 5

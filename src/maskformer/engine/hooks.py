@@ -266,9 +266,10 @@ def default_hooks(
     stop_flag: StopFlag,
     eval_dataset: Dataset | None,
     train_dataset: Dataset,
+    extra_hooks: list[Hook] | None = None,
 ) -> list[Hook]:
-    """The loop's hooks in order: guard, log, evaluation, TensorBoard, checkpoint, final model,
-    curves, SIGTERM."""
+    """The loop's hooks in order: guard, log, evaluation, TensorBoard, ``extra_hooks``,
+    checkpoint (which stores every hook's state), final model, curves, SIGTERM."""
     from maskformer.engine.curves import CurvesHook
     from maskformer.engine.data_stream import build_dataset
 
@@ -286,6 +287,7 @@ def default_hooks(
         from maskformer.engine.tensorboard import TensorBoardHook
 
         hooks.append(TensorBoardHook(args.output_dir, context.is_main))
+    hooks += list(extra_hooks or [])
     hooks += [
         CheckpointHook(),
         FinalModelHook(),

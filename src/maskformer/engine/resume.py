@@ -89,9 +89,11 @@ def describe_model_mismatch(model: nn.Module, checkpoint: Mapping[str, Any]) -> 
     saved_config = checkpoint.get("model_config")
     if saved_config is not None and hasattr(config, "to_dict"):
         before, now = _flatten(saved_config), _flatten(config.to_dict())
+        # Fields both configs have first (e.g. the backbone's model_type), then the others.
+        keys = sorted(set(before) | set(now), key=lambda k: (not (k in before and k in now), k))
         differing = [
             f"{key} {before.get(key)!r} -> {now.get(key)!r}"
-            for key in sorted(set(before) | set(now))
+            for key in keys
             if before.get(key) != now.get(key)
         ]
         if differing:

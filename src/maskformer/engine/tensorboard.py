@@ -42,9 +42,15 @@ class TensorBoardHook(Hook):
 
     def __init__(self, output_dir: str | Path, is_main: bool) -> None:
         self.folder = Path(output_dir) / TENSORBOARD_DIRNAME
-        # Checked on every rank before training, so a missing package stops all of them.
-        writer_class = require_tensorboard()
-        self.writer = writer_class(log_dir=str(self.folder)) if is_main else None
+        # Checked on every rank at set-up, so a missing package stops all of them before
+        # anything is written; the writer (which creates its file) starts with the loop.
+        self.writer_class = require_tensorboard()
+        self.is_main = is_main
+        self.writer: Any = None
+
+    def before_train(self, trainer: Trainer) -> None:
+        if self.is_main:
+            self.writer = self.writer_class(log_dir=str(self.folder))
 
     def after_step(self, trainer: Trainer) -> None:
         if self.writer is None:

@@ -73,8 +73,8 @@ from maskformer.engine.distributed import (
     init_distributed,
     wrap_model,
 )
+from maskformer.engine.hooks import Hook, default_hooks, say
 from maskformer.engine.hooks import StopFlag as _StopFlag
-from maskformer.engine.hooks import default_hooks, say
 from maskformer.engine.model_setup import autocast, build_model, check_label_sets, seed_everything
 from maskformer.engine.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
 from maskformer.engine.resume import describe_model_mismatch, resolve_resume, resume_position
@@ -84,6 +84,7 @@ __all__ = [
     "AMP_MODES",
     "DATA_FORMATS",
     "DatasetItemError",
+    "Hook",
     "Trainer",
     "TrainResult",
     "TrainingArguments",
@@ -108,6 +109,7 @@ def train(
     model: nn.Module | None = None,
     train_dataset: Dataset | None = None,
     eval_dataset: Dataset | None = None,
+    hooks: list[Hook] | None = None,
 ) -> TrainResult:
     """Train (or fine-tune) a MaskFormer; see the module docstring for what a step does.
 
@@ -118,6 +120,8 @@ def train(
             :func:`build_dataset` from ``args``.
         eval_dataset: the validation set (training-sample dicts, no augmentation) used every
             ``args.eval_every`` steps; default the ``val_*`` paths of ``args``.
+        hooks: more :class:`~maskformer.engine.hooks.Hook` objects, run after the built-in
+            log, evaluation and TensorBoard hooks and before the checkpoint.
 
     Raises:
         FileNotFoundError: a data path, the model folder or the checkpoint to resume is missing.
@@ -130,7 +134,8 @@ def train(
     """
     context = init_distributed(args.device)
     try:
-        return Trainer(args, model, train_dataset, context, _StopFlag(), eval_dataset).run()
+        trainer = Trainer(args, model, train_dataset, context, _StopFlag(), eval_dataset, hooks)
+        return trainer.run()
     finally:
         cleanup(context)
 
@@ -146,6 +151,7 @@ class Trainer:
         context: DistributedContext,
         stop_flag: _StopFlag,
         eval_dataset: Dataset | None = None,
+        extra_hooks: list[Hook] | None = None,
     ) -> None:
         self.args = args
         self.context = context
@@ -176,7 +182,7 @@ class Trainer:
         self.sampler = ShardedBatchSampler(
             len(dataset), args.batch_size, context.rank, context.world_size, seed=args.seed
         )
-        self.hooks = default_hooks(args, context, stop_flag, eval_dataset, dataset)
+        self.hooks = default_hooks(args, context, stop_flag, eval_dataset, dataset, extra_hooks)
         self.step, epoch, batch_in_epoch = 0, 0, 0
         if self.resume_path is not None:
             epoch, batch_in_epoch = self._load(self.resume_path)
