@@ -3,7 +3,8 @@
 Usage: python _train_ddp_script.py OUTPUT_DIR BATCH_SIZE_PER_PROCESS
 
 Writes OUTPUT_DIR/rank<R>.json (the num_masks the loss used at every step, with the local
-target count, and the last losses) and OUTPUT_DIR/weights_rank<R>.pt (the final state dict).
+target count, and the last losses) OUTPUT_DIR/weights_rank<R>.pt (the final state dict) and OUTPUT_DIR/gradients_rank<R>.pt (the
+first step's gradients as the optimiser saw them).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -25,6 +27,7 @@ from maskformer.engine.train import train  # noqa: E402
 from maskformer.presets import get_preset  # noqa: E402
 
 STEPS = 3
+LEARNING_RATE = 1e-3  # quick_args' learning rate, named for the test's tolerances
 
 
 def build_model() -> MaskFormerForInstanceSegmentation:
@@ -51,14 +54,37 @@ def run(output_dir: Path, batch_size: int) -> None:
         return value
 
     model.criterion.get_num_masks = recording_get_num_masks
+    # The first step's gradients as the optimiser sees them (all-reduced over processes and
+    # clipped): the one point where both runs hold the same weights, so they differ by
+    # floating-point rounding only.
+    names = {id(p): n for n, p in model.named_parameters()}
+    first_gradients: dict[str, torch.Tensor] = {}
+
+    def record_first_gradients(optimizer, *_):
+        if not first_gradients:
+            for group in optimizer.param_groups:
+                for parameter in group["params"]:
+                    if parameter.grad is not None:
+                        first_gradients[names[id(parameter)]] = parameter.grad.detach().clone()
+
+    hook = register_optimizer_step_pre_hook(record_first_gradients)
     args = quick_args(
-        output_dir, model="tiny-swin", batch_size=batch_size, max_steps=STEPS, save_every=STEPS
+        output_dir,
+        model="tiny-swin",
+        batch_size=batch_size,
+        max_steps=STEPS,
+        save_every=STEPS,
+        learning_rate=LEARNING_RATE,
     )
-    result = train(args, model=model, train_dataset=synthetic_dataset(8, 64, augment=True))
+    try:
+        result = train(args, model=model, train_dataset=synthetic_dataset(8, 64, augment=True))
+    finally:
+        hook.remove()
     rank = int(os.environ.get("RANK", "0"))
     report = {"rank": rank, "steps": seen, "losses": result.losses, "step": result.step}
     (output_dir / f"rank{rank}.json").write_text(json.dumps(report))
     torch.save(model.state_dict(), output_dir / f"weights_rank{rank}.pt")
+    torch.save(first_gradients, output_dir / f"gradients_rank{rank}.pt")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The ``maskformer`` command: ``predict``, ``evaluate``, ``train``, ``demo`` and ``serve``.
+"""The ``maskformer`` command: ``predict``, ``evaluate``, ``train``, ``plot``, ``demo`` and ``serve``.
 
 Exit codes: 0 = done; 1 = done, but some inputs could not be read or segmented (they are
 listed, one line each); 2 = stopped by a bad argument, a missing or unreadable file or folder, an
@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     train.set_defaults(handler=_run_train)
+    plot = commands.add_parser(
+        "plot", help="draw RUN_DIR/curves.png (loss and validation metrics) from a training log"
+    )
+    plot.add_argument("run_dir", metavar="RUN_DIR", help="a maskformer train --output-dir")
+    plot.add_argument("--output", default=None, help="image path (default: RUN_DIR/curves.png)")
+    plot.set_defaults(handler=_run_plot)
 
     demo = commands.add_parser(
         "demo",
@@ -287,6 +293,13 @@ def _train_main(argv: list[str]) -> int:
     add_train_arguments(parser)
     result = run_train_from_args(parser.parse_args(argv))
     return result if isinstance(result, int) else EXIT_OK
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from maskformer.engine.curves import draw_curves
+
+    print(f"curves: {draw_curves(args.run_dir, args.output)}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _run_demo(args: argparse.Namespace) -> int:

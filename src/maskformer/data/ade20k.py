@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from maskformer.data.base import Example, PairTransform, SegmentationDataset
+from maskformer.utils.constants import IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ADE20K_NUM_LABELS = 150
@@ -37,9 +38,18 @@ def _names_from_object_info(csv_path: Path) -> list[str]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as `(height, width, 3)` uint8 RGB."""
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"))
+    """An image file as `(height, width, 3)` uint8 RGB; an unreadable file is an `OSError`
+    naming it (PIL's own message for a truncated file does not)."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as error:  # SyntaxError: PIL's broken-header error
+        raise OSError(f"image {path} could not be read: {_reason(error)}") from None
+
+
+def _reason(error: BaseException) -> str:
+    """PIL's message without a repeated file name."""
+    return str(error).split(" '/")[0].split(' "/')[0] or type(error).__name__
 
 
 class ADE20KDataset(SegmentationDataset):
@@ -61,7 +71,7 @@ class ADE20KDataset(SegmentationDataset):
         root: str | Path,
         transform: PairTransform | None = None,
         reduce_labels: bool = True,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         num_labels: int = ADE20K_NUM_LABELS,
         id2label: dict[int, str] | None = None,
         seed: int = 0,
@@ -109,6 +119,12 @@ class ADE20KDataset(SegmentationDataset):
 
     def read_label_map(self, path: Path, expected_size: tuple[int, int]) -> np.ndarray:
         """The label map of `path` as int64 class indices (reduced if asked), validated."""
+        try:
+            return self._read_label_map(path, expected_size)
+        except (OSError, SyntaxError) as error:
+            raise OSError(f"label map {path} could not be read: {_reason(error)}") from None
+
+    def _read_label_map(self, path: Path, expected_size: tuple[int, int]) -> np.ndarray:
         with Image.open(path) as annotation:
             if annotation.size != expected_size:
                 raise ValueError(

@@ -18,6 +18,7 @@ import torch
 from maskformer.data.ade20k import read_rgb
 from maskformer.data.base import Example, PairTransform, SegmentationDataset
 from maskformer.data.targets import segment_index_values
+from maskformer.utils.constants import IGNORE_INDEX
 
 
 def rgb_to_segment_ids(rgb: np.ndarray) -> np.ndarray:
@@ -54,7 +55,7 @@ class CocoPanopticDataset(SegmentationDataset):
         panoptic_dir: str | Path,
         transform: PairTransform | None = None,
         categories: list[dict[str, Any]] | None = None,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         seed: int = 0,
     ):
         super().__init__(transform, seed, ignore_index)

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-PADDED_MASK_VALUE = 255.0
+from maskformer.utils.constants import IGNORE_INDEX
+
+PADDED_MASK_VALUE = float(IGNORE_INDEX)
 
 
 def collate_batch(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
-IGNORED_TARGET_VALUE = 255.0
+from maskformer.utils.constants import IGNORE_INDEX
+
+IGNORED_TARGET_VALUE = float(IGNORE_INDEX)
 
 
 def masks_from_label_map(

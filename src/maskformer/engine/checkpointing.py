@@ -6,32 +6,32 @@ exact resume needs: model, optimizer, LR scheduler and GradScaler state, the ran
 it, and the training arguments. Everything in it is a tensor or a plain Python value, so it loads
 with ``torch.load(weights_only=True)``: loading a checkpoint never runs pickled code.
 
-Writes are atomic: the file is written under a temporary name in the same folder, flushed and
-fsynced, then renamed over the final name with :func:`os.replace`. A crash or an error in the
-middle of a save leaves the previous checkpoints as they were and no half-written file under a
-checkpoint name.
+Writes are atomic (:mod:`maskformer.utils.atomic`): the file is written under a temporary name in
+the same folder, flushed and fsynced, then renamed over the final name with :func:`os.replace`,
+with the permissions the umask gives. A crash, a full disk or an error in the middle of a save
+leaves the previous checkpoints as they were and no half-written file under a checkpoint name.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from maskformer.engine.distributed import get_world_size
+from maskformer.utils.atomic import _fsync_directory, _umask, atomic_write, atomic_write_json
 
 CHECKPOINT_DIRNAME = "checkpoints"
 FINAL_DIRNAME = "final"
+BEST_DIRNAME = "best"
 CHECKPOINT_FORMAT_VERSION = 1
 _CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
 
@@ -67,45 +67,42 @@ def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
-def _fsync_directory(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+class _WriteErrorRecorder:
+    """A binary file wrapper that remembers the ``OSError`` of a failing ``write``.
 
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Write a file atomically: ``write(file_object)`` into a temporary file, then rename.
-
-    The temporary file lives in the destination folder (so the rename never crosses file
-    systems), is fsynced before :func:`os.replace` and removed if ``write`` raises.
+    ``torch.save`` turns an error of the file it writes into a ``RuntimeError`` ("unexpected
+    pos ..."); with the original error at hand a full disk is reported as what it is.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # tell, seek, flush, ...: the file's own
+        return getattr(self.handle, name)
+
+
+def _torch_save(obj: Any, handle: IO[bytes]) -> None:
+    recorder = _WriteErrorRecorder(handle)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        torch.save(obj, recorder)
+    except RuntimeError:
+        if recorder.error is not None:
+            raise recorder.error from None
         raise
-    _fsync_directory(path.parent)
-    return path
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda handle: torch.save(obj, handle))
+    """``torch.save(obj)`` to ``path`` atomically; a failing write (a full disk) is an
+    ``OSError`` naming ``path``, and the file that was there stays as it was."""
+    return atomic_write(path, lambda handle: _torch_save(obj, handle))
 
 
 # --------------------------------------------------------------------------------------- RNG
@@ -191,8 +188,11 @@ def build_checkpoint(
     ``batch_in_epoch`` counts the (per-rank) batches of ``epoch`` already consumed, gradient
     accumulation micro-batches included.
     """
+    config = getattr(model, "config", None)
     return {
         "format_version": CHECKPOINT_FORMAT_VERSION,
+        # The architecture, so that resuming with another one can say what differs.
+        "model_config": _plain(config.to_dict()) if hasattr(config, "to_dict") else None,
         "step": step,
         "epoch": epoch,
         "batch_in_epoch": batch_in_epoch,
@@ -204,6 +204,17 @@ def build_checkpoint(
         "rng": capture_rng_state(),
         "training_args": training_args,
     }
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with only the types ``torch.load(weights_only=True)`` reads back."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def save_checkpoint(checkpoint: dict[str, Any], output_dir: str | os.PathLike) -> Path:
@@ -246,31 +257,49 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> list[Pat
     return removed
 
 
-def save_final_model(model: torch.nn.Module, output_dir: str | os.PathLike) -> Path:
-    """``model.save_pretrained(<output_dir>/final)``, replacing an older ``final`` atomically.
+def save_model_folder(
+    model: torch.nn.Module,
+    output_dir: str | os.PathLike,
+    name: str = FINAL_DIRNAME,
+    extra_json: dict[str, Any] | None = None,
+) -> Path:
+    """``model.save_pretrained(<output_dir>/<name>)``, replacing an older folder atomically.
 
-    The model is written into a temporary sibling folder first; only a complete folder is
-    renamed into place, so an error leaves the previous ``final`` folder untouched.
+    ``extra_json`` maps file names to JSON payloads written into the folder with the model.
+
+    The model is written into a temporary sibling folder first (given the permissions the
+    umask gives, not ``mkdtemp``'s owner-only ones); only a complete folder is renamed into
+    place, so an error leaves the previous folder untouched.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    final = output_dir / FINAL_DIRNAME
-    staging = Path(tempfile.mkdtemp(prefix=f".{FINAL_DIRNAME}.", suffix=".tmp", dir=output_dir))
+    target = output_dir / name
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=output_dir))
     try:
+        os.chmod(staging, 0o777 & ~_umask())
         model.save_pretrained(staging)
+        for filename, payload in (extra_json or {}).items():
+            atomic_write_json(staging / filename, payload)
+        for written in staging.rglob("*"):  # whatever save_pretrained's own writer chose
+            os.chmod(written, (0o777 if written.is_dir() else 0o666) & ~_umask())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    previous = output_dir / f".{FINAL_DIRNAME}.old-{os.getpid()}"
-    if final.exists():
-        os.replace(final, previous)
+    previous = output_dir / f".{name}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, previous)
     try:
-        os.replace(staging, final)
+        os.replace(staging, target)
     except BaseException:
         if previous.exists():
-            os.replace(previous, final)
+            os.replace(previous, target)
         shutil.rmtree(staging, ignore_errors=True)
         raise
     shutil.rmtree(previous, ignore_errors=True)
     _fsync_directory(output_dir)
-    return final
+    return target
+
+
+def save_final_model(model: torch.nn.Module, output_dir: str | os.PathLike) -> Path:
+    """``model.save_pretrained(<output_dir>/final)`` (see :func:`save_model_folder`)."""
+    return save_model_folder(model, output_dir, FINAL_DIRNAME)
