@@ -187,3 +187,14 @@ def test_outputs_have_the_umask_permissions(tmp_path, capsys):
     ):
         assert path.stat().st_mode & 0o777 == 0o644, path
     assert (tmp_path / "final").stat().st_mode & 0o777 == 0o755
+
+
+def test_backbone_flag_needs_a_preset(tmp_path) -> None:
+    from maskformer.engine.arguments import TrainingArguments
+    from maskformer.engine.model_setup import build_model
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    args = TrainingArguments(model=str(folder), backbone="timm:resnet18", output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="replaces a preset's backbone"):
+        build_model(args)

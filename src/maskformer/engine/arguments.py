@@ -107,6 +107,12 @@ class TrainingArguments:
     ignore_mismatched_sizes: bool = _setting(
         False, "start layers whose shapes differ from the checkpoint (the class head) anew", "model"
     )
+    backbone: str | None = _setting(
+        None,
+        "with a preset: replace its backbone by a timm model, 'timm:NAME' (e.g. timm:convnext_tiny; "
+        "needs maskformer[timm])",
+        "model",
+    )
     # data
     data_format: str | None = _setting(
         None,

@@ -36,7 +36,17 @@ def build_model(args: TrainingArguments, dataset: Dataset | None = None) -> nn.M
     if presets.is_preset(args.model):
         if not label_overrides and getattr(dataset, "id2label", None):
             label_overrides["id2label"] = {int(k): str(v) for k, v in dataset.id2label.items()}
-        return MaskFormerForInstanceSegmentation(presets.get_preset(args.model, **label_overrides))
+        config = presets.get_preset(args.model, **label_overrides)
+        if args.backbone is not None:
+            from maskformer.modeling.timm_backbone import backbone_config_from_spec
+
+            config.backbone_config = backbone_config_from_spec(args.backbone)
+        return _with_category_ids(MaskFormerForInstanceSegmentation(config), dataset)
+    if args.backbone is not None:
+        raise ValueError(
+            f"--backbone {args.backbone} replaces a preset's backbone; --model {args.model} is a "
+            "checkpoint, whose backbone is fixed"
+        )
     folder_or_hub_id = args.model
     if is_local_reference(args.model):
         folder_or_hub_id = str(Path(args.model).expanduser())
@@ -45,9 +55,26 @@ def build_model(args: TrainingArguments, dataset: Dataset | None = None) -> nn.M
                 f"--model {args.model!r} is neither a preset "
                 f"({', '.join(presets.list_presets())}) nor an existing checkpoint folder"
             )
-    return MaskFormerForInstanceSegmentation.from_pretrained(
+    model = MaskFormerForInstanceSegmentation.from_pretrained(
         folder_or_hub_id, ignore_mismatched_sizes=args.ignore_mismatched_sizes, **label_overrides
     )
+    return _with_category_ids(model, dataset)
+
+
+def _with_category_ids(model: nn.Module, dataset: Dataset | None) -> nn.Module:
+    """Record the data set's own category id of each label (COCO data: ids need not be
+    0..N-1) in ``config.label_category_ids``, so ``predict`` writes them; a stale list from an
+    earlier label set is dropped."""
+    from maskformer.data.coco_instances import CATEGORY_IDS_KEY
+
+    category_ids = getattr(dataset, "category_ids", None)
+    if category_ids is not None and len(category_ids) == int(model.config.num_labels):
+        setattr(model.config, CATEGORY_IDS_KEY, [int(i) for i in category_ids])
+    elif hasattr(model.config, CATEGORY_IDS_KEY):
+        ids = getattr(model.config, CATEGORY_IDS_KEY)
+        if ids is not None and len(ids) != int(model.config.num_labels):
+            delattr(model.config, CATEGORY_IDS_KEY)
+    return model
 
 
 def check_label_sets(model: nn.Module, dataset: Dataset) -> None:
