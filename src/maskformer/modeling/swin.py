@@ -88,13 +88,12 @@ def shifted_window_mask(
     device: torch.device,
 ) -> Tensor:
     """``(windows, ws*ws, ws*ws)`` additive mask: -100 between tokens from different regions."""
-    region = torch.zeros(padded_height, padded_width, dtype=torch.int64, device=device)
-    bounds = ((0, -window_size), (-window_size, -shift), (-shift, None))
-    label = 0
-    for h0, h1 in bounds:
-        for w0, w1 in bounds:
-            region[h0:h1, w0:w1] = label
-            label += 1
+
+    def band(size: int) -> Tensor:  # 0 on [0, -ws), 1 on [-ws, -shift), 2 on [-shift, size)
+        index = torch.arange(size, device=device)
+        return (index >= size - window_size).long() + (index >= size - shift).long()
+
+    region = band(padded_height)[:, None] * 3 + band(padded_width)[None, :]  # 9 region ids
     windows = region.view(
         padded_height // window_size, window_size, padded_width // window_size, window_size
     ).permute(0, 2, 1, 3)
@@ -164,7 +163,8 @@ class MaskFormerSwinSelfAttention(nn.Module):
     """Query/key/value projections and the relative position bias of one window attention.
 
     The three projections keep their checkpoint names (``query``, ``key``, ``value``) and run as
-    three matmuls; nothing derived from the weights is kept between calls.
+    three matmuls (as fast as one fused matmul here, measured), so nothing derived from the
+    weights has to be kept between calls.
     """
 
     def __init__(self, config: SwinConfig, dim: int, num_heads: int, window_size: int) -> None:
