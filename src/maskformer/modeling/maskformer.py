@@ -164,7 +164,9 @@ class MaskFormerPixelLevelModule(nn.Module):
         """``pixel_values`` ``(batch, channels, height, width)`` -> the last backbone map
         ``(batch, C, height/32, width/32)`` and the mask features
         ``(batch, mask_feature_size, height/4, width/4)`` (plus hidden states when asked)."""
-        features = self.encoder(pixel_values, return_dict=True).feature_maps
+        features = self.encoder(
+            pixel_values, output_hidden_states=False, output_attentions=False, return_dict=True
+        ).feature_maps
         decoded = self.decoder(list(features), output_hidden_states=output_hidden_states)
         return MaskFormerPixelLevelModuleOutput(
             encoder_last_hidden_state=features[-1],
