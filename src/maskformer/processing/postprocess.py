@@ -50,12 +50,15 @@ _SMALL_OUTPUT = 128
 
 
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
-    if not bool(torch.isfinite(tensor).all()):
-        what = "NaN" if bool(torch.isnan(tensor).any()) else "infinite values"
-        raise ValueError(
-            f"{name} contains {what}: post-processing needs finite logits (check the model's "
-            "inputs and weights, or run it in float32)"
-        )
+    # One reduction: a NaN or an infinity makes the sum non-finite (finite values can too, by
+    # overflow, which the exact checks then clear).
+    if bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all()):
+        return
+    what = "NaN" if bool(torch.isnan(tensor).any()) else "infinite values"
+    raise ValueError(
+        f"{name} contains {what}: post-processing needs finite logits (check the model's "
+        "inputs and weights, or run it in float32)"
+    )
 
 
 def _logits(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,28 +143,55 @@ def _may_win(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
     count, height, width = maps.shape
     if count < 2 or size[0] + size[1] <= _SMALL_OUTPUT or size[0] * size[1] <= height * width:
         return None
-    # Every output pixel mixes the 2x2 source block at its cell (the last row and column are
-    # repeated: border pixels read one row or column).
-    padded = F.pad(maps[None], (0, 1, 0, 1), mode="replicate")
-    upper = F.max_pool2d(padded, 2, stride=1)[0]  # (maps, h, w): largest corner per cell
-    lower = -F.max_pool2d(-padded, 2, stride=1)[0]  # smallest corner per cell
-    floor = lower.amax(dim=0)  # (h, w): some map is at least this high in the cell
+    # Every output pixel mixes source values of one 2x2 block (border pixels read one row or
+    # column of it): bounds per block bound the pixels. A single row or column is repeated.
+    if height == 1 or width == 1:
+        maps = F.pad(maps[None], (0, int(width == 1), 0, int(height == 1)), mode="replicate")[0]
+    bounds = []
+    for pick in (torch.maximum, torch.minimum):
+        rows = pick(maps[:, :-1], maps[:, 1:])
+        bounds.append(pick(rows[..., :-1], rows[..., 1:]))  # (maps, h - 1, w - 1)
+    upper, lower = bounds  # the largest and smallest corner of each map per block
+    floor = lower.amax(dim=0)  # some map is at least this high in the block
     reaches = (upper >= floor * (1 - _MARGIN)).flatten(1).any(dim=1)
     return reaches.nonzero()[:, 0]
 
 
 def _first_argmax(stack: torch.Tensor) -> torch.Tensor:
-    """``stack.argmax(dim=0)`` of ``(maps, H, W)``: int64 ``(H, W)``, the first maximum."""
+    """``stack.argmax(dim=0)`` of ``(maps, H, W)``: int64 ``(H, W)``, the first maximum.
+
+    On CPU a running maximum over the contiguous planes: ``argmax`` across planes is several
+    times slower there. The index is kept in float32 (exact below 2**24 maps) so that each step is
+    three vectorised float ops; ``lerp`` with a weight of exactly 0 or 1 returns either end."""
     if stack.device.type != "cpu" or stack.shape[0] == 1:
         return stack.argmax(dim=0)
     best = stack[0].clone()
-    index = torch.zeros(stack.shape[1:], dtype=torch.int32)
-    above = torch.empty(stack.shape[1:], dtype=torch.bool)
+    index = torch.zeros_like(best)
+    above = torch.empty_like(best)
     for plane in range(1, stack.shape[0]):  # strict > keeps the earlier plane on ties
         torch.gt(stack[plane], best, out=above)
         torch.maximum(best, stack[plane], out=best)
-        index.masked_fill_(above, plane)
+        index.lerp_(torch.tensor(float(plane)), above)
     return index.long()
+
+
+def _count_at_least(stack: torch.Tensor, threshold: float, maps: torch.Tensor) -> torch.Tensor:
+    """``(stack[m] >= threshold).sum()`` for each index ``m`` in ``maps``, as int64 ``(maps,)``,
+    for a ``(maps, H, W)`` stack.
+
+    On CPU plane by plane through one reused buffer: a fresh stack-sized temporary costs a page
+    fault per 4 KiB, more than the comparison. Each plane is compared into 0.0 / 1.0 and summed in
+    floating point, exact (partial sums are integers below 2**24, or 2**53 in float64) and much
+    faster than summing booleans."""
+    if stack.device.type != "cpu":
+        return (stack.index_select(0, maps) >= threshold).flatten(1).sum(dim=1)
+    dtype = torch.float32 if stack[0].numel() < 2**24 else torch.float64
+    hits = torch.empty(stack.shape[1:], dtype=dtype)
+    counts = torch.empty(maps.shape[0], dtype=dtype)
+    for slot, plane in enumerate(maps.tolist()):
+        torch.ge(stack[plane], threshold, out=hits)
+        torch.sum(hits.view(-1), dim=0, out=counts[slot])
+    return counts.long()
 
 
 def _resize_candidates(
@@ -401,7 +431,11 @@ def _panoptic_segments(
         weighted, chosen = _resize_candidates(probs, size, scores)  # (n, H, W)
     winner = _first_argmax(weighted)  # (H, W) into the resized maps
     won = torch.bincount(winner.flatten(), minlength=weighted.shape[0])
-    confident = (weighted >= mask_threshold).flatten(1).sum(dim=1)
+    # A query that wins no pixel fails the checks whatever its confident area.
+    winners = won.nonzero()[:, 0]
+    confident = torch.zeros_like(won).index_copy_(
+        0, winners, _count_at_least(weighted, mask_threshold, winners)
+    )
     if chosen is not None:  # a skipped query wins nothing, so it fails the checks anyway
         won = torch.zeros(count, dtype=won.dtype, device=device).index_copy_(0, chosen, won)
         confident = torch.zeros_like(won).index_copy_(0, chosen, confident)
