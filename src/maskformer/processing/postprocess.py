@@ -322,9 +322,14 @@ def _instance_segments(
         low_res = torch.where(kept_masks.bool(), segment_ids[:, None, None], -1.0).amax(dim=0)
     else:
         low_res = kept_masks.new_full(binary.shape[-2:], -1.0)
-    segmentation = low_res[rows][:, cols]  # (H, W)
-    if want_masks:
-        kept_masks = kept_masks[:, rows][:, :, cols]  # (segments, H, W)
+    if size is None:
+        segmentation = low_res
+    else:  # nearest sampling commutes with the per-pixel maximum
+        segmentation = F.interpolate(low_res[None, None], size=size, mode="nearest")[0, 0]
+        if want_masks and kept_masks.shape[0]:  # (segments, H, W)
+            kept_masks = F.interpolate(kept_masks[None], size=size, mode="nearest")[0]
+        elif want_masks:
+            kept_masks = kept_masks.new_zeros((0, *size))
 
     kept = passing[non_empty]
     info = torch.stack([labels[candidates][kept].double(), scores[kept].double()]).cpu().tolist()
