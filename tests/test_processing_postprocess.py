@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maskformer.processing import MaskFormerImageProcessor
-from maskformer.processing.postprocess import _first_argmax, _resize_candidates
+from maskformer.processing.exact_resize import first_argmax, resize_candidates
 
 PROCESSOR = MaskFormerImageProcessor()
 # pycocotools' decode trips a numpy 2 deprecation inside pycocotools itself.
@@ -110,9 +110,9 @@ def test_first_argmax_picks_the_first_maximum():
     maps[1:3] = 0.5  # 1 and 2 tie everywhere: argmax picks 1
     maps[3, 2:, 3:] = 0.75
     maps[4, 2:, 3:] = 0.75  # ties with 3 there
-    assert torch.equal(_first_argmax(maps), maps.argmax(0))
-    assert torch.equal(_first_argmax(torch.ones(4, 3, 3)), torch.zeros(3, 3, dtype=torch.int64))
-    assert _first_argmax(maps).dtype == torch.int64
+    assert torch.equal(first_argmax(maps), maps.argmax(0))
+    assert torch.equal(first_argmax(torch.ones(4, 3, 3)), torch.zeros(3, 3, dtype=torch.int64))
+    assert first_argmax(maps).dtype == torch.int64
 
 
 def _full_argmax(maps, size, scale=None):
@@ -123,8 +123,8 @@ def _full_argmax(maps, size, scale=None):
 
 
 def _candidates_argmax(maps, size, scale=None):
-    resized, chosen = _resize_candidates(maps, size, scale)
-    winner = _first_argmax(resized)
+    resized, chosen = resize_candidates(maps, size, scale)
+    winner = first_argmax(resized)
     return resized, chosen, (winner if chosen is None else chosen[winner])
 
 
