@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import types
 
 import numpy as np
@@ -13,12 +12,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maskformer.processing import MaskFormerImageProcessor, bilinear_select
-from maskformer.processing.bilinear_select import (
-    ResizedMaps,
-    resized_argmax,
-    resized_threshold_counts,
-)
+from maskformer.processing import MaskFormerImageProcessor
+from maskformer.processing.exact_resize import first_argmax, resize_candidates
 
 PROCESSOR = MaskFormerImageProcessor()
 # pycocotools' decode trips a numpy 2 deprecation inside pycocotools itself.
@@ -110,99 +105,107 @@ def test_semantic_matches_reference_at_model_scale(reference):
     assert torch.equal(ours, theirs)
 
 
-def test_resized_argmax_breaks_exact_ties_like_argmax():
-    maps = torch.zeros(4, 5, 6)
+def test_first_argmax_picks_the_first_maximum():
+    maps = torch.zeros(5, 6, 7)
     maps[1:3] = 0.5  # 1 and 2 tie everywhere: argmax picks 1
     maps[3, 2:, 3:] = 0.75
-    expected = F.interpolate(maps[None], size=(11, 13), mode="bilinear", align_corners=False)[
-        0
-    ].argmax(0)
-    assert torch.equal(resized_argmax(maps, (11, 13)), expected)
+    maps[4, 2:, 3:] = 0.75  # ties with 3 there
+    assert torch.equal(first_argmax(maps), maps.argmax(0))
+    assert torch.equal(first_argmax(torch.ones(4, 3, 3)), torch.zeros(3, 3, dtype=torch.int64))
+    assert first_argmax(maps).dtype == torch.int64
+
+
+def _full_argmax(maps, size, scale=None):
+    full = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
+    if scale is not None:
+        full *= scale[:, None, None]
+    return full, full.argmax(0)
+
+
+def _candidates_argmax(maps, size, scale=None):
+    resized, chosen = resize_candidates(maps, size, scale)
+    winner = first_argmax(resized)
+    return resized, chosen, (winner if chosen is None else chosen[winner])
 
 
 def _region_maps(count, height, width, seed, duplicate=False):
     """Score-weighted mask probabilities like a trained model's: regions with soft, noisy
-    borders, so most cells are decided and the contested ones sit between two maps."""
+    borders; a few queries that never win (low masks)."""
     outputs = realistic_outputs(
         batch=1, queries=count + 4, height=height, width=width, objects=count, seed=seed
     )
     scores, labels = outputs.class_queries_logits[0].softmax(-1).max(-1)
-    keep = labels != outputs.class_queries_logits.shape[-1] - 1
-    maps = outputs.masks_queries_logits[0][keep].sigmoid()
-    scale = scores[keep]
-    if duplicate and maps.shape[0] > 1:  # exact ties between two maps everywhere
-        maps[1], scale[1] = maps[0], scale[0]
+    maps = outputs.masks_queries_logits[0].sigmoid()
+    scale = scores.clone()
+    if duplicate:  # exact ties between two maps everywhere
+        winner = int(maps.amax((1, 2)).argmax())
+        maps[winner + 1 if winner + 1 < len(maps) else 0] = maps[winner]
+        scale[:] = scale[winner]
     return maps, scale
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("out_size", [(97, 131), (40, 56), (23, 17), (160, 224)])
 @pytest.mark.parametrize("duplicate", [False, True])
-def test_resized_selections_on_region_maps_equal_full_resize(
-    monkeypatch, seed, out_size, duplicate
-):
-    calls = {"two maps": 0, "general": 0}
-    for method, name in [("_pair_argmax", "two maps"), ("_table_argmax", "general")]:
-        original = getattr(ResizedMaps, method)
-
-        def spy(self, *args, _original=original, _name=name):
-            calls[_name] += 1
-            return _original(self, *args)
-
-        monkeypatch.setattr(ResizedMaps, method, spy)
+def test_resized_candidates_give_the_full_resize_argmax(seed, out_size, duplicate):
     maps, scale = _region_maps(6, 40, 56, seed, duplicate)
-    full = F.interpolate(maps[None], size=out_size, mode="bilinear", align_corners=False)[0]
-    weighted = full * scale[:, None, None]
-    resized = ResizedMaps(maps, out_size, scale)
-    assert torch.equal(resized.argmax(), weighted.argmax(0))
-    parts = resized.argmax_parts()
-    assert torch.equal(
-        parts.won_counts, torch.bincount(weighted.argmax(0).flatten(), minlength=len(maps))
-    )
-    for threshold in (0.5, 0.9, float(weighted[0, 3, 5])):  # the last one hits a sample exactly
-        exact = (weighted >= threshold).flatten(1).sum(1)
-        assert torch.equal(resized.threshold_counts(threshold), exact)
-        lower, upper = resized.threshold_count_bounds(threshold)
-        assert bool((lower <= exact).all()) and bool((exact <= upper).all())
-        some = torch.arange(len(maps)) % 2 == 0
-        partial = resized.threshold_counts(threshold, maps=some)
-        assert torch.equal(partial[some], exact[some])
-        assert bool((partial[~some] <= exact[~some]).all())
-    if out_size[0] > 40:  # upsampling: contested cells take both paths
-        assert calls["two maps"] > 0 and calls["general"] > 0
+    for weights in (None, scale):
+        full, expected = _full_argmax(maps, out_size, weights)
+        resized, chosen, winner = _candidates_argmax(maps, out_size, weights)
+        assert torch.equal(winner, expected)
+        if chosen is None:  # small or shrinking outputs: the whole stack, as the reference
+            assert out_size[0] + out_size[1] <= 128 or out_size[0] * out_size[1] <= 40 * 56
+            assert torch.equal(resized, full)
+        else:  # a subset resizes to the very values of the whole stack (this CPU's kernel)
+            assert 0 < len(chosen) <= len(maps)
+            assert torch.equal(resized, full[chosen])
 
 
-def test_resized_argmax_with_many_maps_and_wide_candidate_tables():
-    generator = torch.Generator().manual_seed(0)
-    maps = torch.rand(300, 6, 7, generator=generator).round(decimals=2)  # many candidates per cell
-    full = F.interpolate(maps[None], size=(13, 11), mode="bilinear", align_corners=False)[0]
-    assert torch.equal(resized_argmax(maps, (13, 11)), full.argmax(0))
-    parts = ResizedMaps(maps, (13, 11)).argmax_parts()
-    assert torch.equal(parts.won_counts, torch.bincount(full.argmax(0).flatten(), minlength=300))
-
-
-def test_pair_cells_take_exact_values_near_a_crossing(monkeypatch):
-    """Two maps whose resized values cross inside cells: slots within the rounding margin of
-    the crossing go to torch's own interpolation, the others follow the corner differences."""
-    exact_calls = []
-    original = bilinear_select._exact
-
-    def spy(*args):
-        exact_calls.append(args[-1].numel())
-        return original(*args)
-
-    monkeypatch.setattr(bilinear_select, "_exact", spy)
+def test_resized_candidates_at_a_crossing_take_torch_values():
+    """Two maps whose resized values cross inside cells: both stay candidates, the winner is
+    torch's own comparison of the resized values."""
     ramp = torch.linspace(0, 1, 9)
-    maps = torch.stack([ramp.expand(5, 9), 1 - ramp.expand(5, 9)])  # equal at the centre column
-    full = F.interpolate(maps[None], size=(10, 21), mode="bilinear", align_corners=False)[0]
-    assert torch.equal(resized_argmax(maps, (10, 21)), full.argmax(0))
-    assert exact_calls  # the crossing column is a near tie
+    maps = torch.stack([ramp.expand(5, 9), 1 - ramp.expand(5, 9), torch.full((5, 9), 0.1)])
+    _, expected = _full_argmax(maps, (100, 210))
+    _, chosen, winner = _candidates_argmax(maps, (100, 210))
+    assert chosen.tolist() == [0, 1]
+    assert torch.equal(winner, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.integers(1, 160),
+    st.integers(1, 160),
+    st.integers(0, 2**16),
+)
+def test_resized_candidates_equal_full_resize(maps_count, h, w, out_h, out_w, seed):
+    generator = torch.Generator().manual_seed(seed)
+    maps = torch.rand(maps_count, h, w, generator=generator).round(decimals=1)  # many exact ties
+    scale = torch.rand(maps_count, generator=generator)
+    for weights in (None, scale):
+        _, expected = _full_argmax(maps, (out_h, out_w), weights)
+        assert torch.equal(_candidates_argmax(maps, (out_h, out_w), weights)[2], expected)
+
+
+def test_near_ties_use_torch_values_of_the_whole_stack():
+    """Below 128 output pixels of height + width torch's kernel vectorises across maps: a map
+    resized alone can differ in the last bit from the same map resized with the others, which
+    decides exact ties (0.375 vs 0.375). The whole stack is resized there."""
+    generator = torch.Generator().manual_seed(1386)
+    maps = torch.rand(8, 9, 12, generator=generator).round(decimals=1)
+    scale = torch.tensor([0.4, 0.3, 0.6, 0.2, 0.6, 1.0, 0.3, 1.0])
+    for size in ((30, 27), (300, 270)):
+        _, expected = _full_argmax(maps, size, scale)
+        assert torch.equal(_candidates_argmax(maps, size, scale)[2], expected)
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_panoptic_matches_reference_at_area_ratio_boundaries(reference, seed):
-    """Overlap thresholds equal to the segments' own area ratios: bounds of the confident area
-    cannot settle those queries, which then take the exact count."""
+    """Overlap thresholds equal to the segments' own area ratios (those in [0, 1]): the strict
+    comparison in float32 then decides, and the confident areas must be exact."""
     outputs = realistic_outputs(batch=1, seed=10 + seed)
     size = [(83, 117)]
     scores, labels = outputs.class_queries_logits[0].softmax(-1).max(-1)
@@ -214,40 +217,24 @@ def test_panoptic_matches_reference_at_area_ratio_boundaries(reference, seed):
         * scores[keep][:, None, None]
     )
     won = torch.bincount(probs.argmax(0).flatten(), minlength=len(probs))
-    confident = (probs >= 0.5).flatten(1).sum(1)
+    confident = (probs >= 0.1).flatten(1).sum(1)  # mask_threshold=0.1: most ratios below 1
     ratios = (won / confident.clamp(min=1)).to(torch.float32).double()
-    for overlap in sorted(set(ratios[won > 0].tolist()))[:4]:
+    boundaries = sorted(set(ratios[(won > 0) & (ratios <= 1)].tolist()))
+    assert boundaries
+    for overlap in boundaries[:4]:
         ours = PROCESSOR.post_process_panoptic_segmentation(
-            outputs, overlap_mask_area_threshold=overlap, target_sizes=size
+            outputs, mask_threshold=0.1, overlap_mask_area_threshold=overlap, target_sizes=size
         )[0]
         theirs = reference.post_process_panoptic_segmentation(
-            outputs, overlap_mask_area_threshold=overlap, target_sizes=size, label_ids_to_fuse=set()
+            outputs,
+            mask_threshold=0.1,
+            overlap_mask_area_threshold=overlap,
+            target_sizes=size,
+            label_ids_to_fuse=set(),
         )[0]
         assert ours["segments_info"] == theirs["segments_info"]
         if theirs["segments_info"]:
             assert torch.equal(ours["segmentation"], theirs["segmentation"])
-
-
-@settings(max_examples=30, deadline=None)
-@given(
-    st.integers(1, 6),
-    st.integers(1, 9),
-    st.integers(1, 9),
-    st.integers(1, 25),
-    st.integers(1, 25),
-    st.integers(0, 2**16),
-    st.floats(0.0, 1.0),
-)
-def test_resized_selections_equal_full_resize(maps_count, h, w, out_h, out_w, seed, threshold):
-    generator = torch.Generator().manual_seed(seed)
-    maps = torch.rand(maps_count, h, w, generator=generator).round(decimals=1)  # many exact ties
-    scale = torch.rand(maps_count, generator=generator)
-    full = F.interpolate(maps[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
-    weighted = full * scale[:, None, None]
-    assert torch.equal(resized_argmax(maps, (out_h, out_w)), full.argmax(0))
-    assert torch.equal(resized_argmax(maps, (out_h, out_w), scale), weighted.argmax(0))
-    counts = resized_threshold_counts(maps, (out_h, out_w), scale, threshold)
-    assert torch.equal(counts, (weighted >= threshold).flatten(1).sum(1))
 
 
 @settings(max_examples=30, deadline=None)
@@ -314,15 +301,15 @@ def test_instance_coco_rle_decodes_to_each_segment_mask():
 
 def test_instance_nothing_found():
     outputs = random_outputs()
-    result = PROCESSOR.post_process_instance_segmentation(outputs, threshold=1.1)[0]
+    result = PROCESSOR.post_process_instance_segmentation(outputs, threshold=1.0)[0]
     assert result["segments_info"] == [] and result["segmentation"].eq(-1).all()
     binary = PROCESSOR.post_process_instance_segmentation(
-        outputs, threshold=1.1, return_binary_maps=True, target_sizes=[(5, 6)] * 2
+        outputs, threshold=1.0, return_binary_maps=True, target_sizes=[(5, 6)] * 2
     )[0]
     assert binary["segmentation"].shape == (0, 5, 6)
     assert (
         PROCESSOR.post_process_instance_segmentation(
-            outputs, threshold=1.1, return_coco_annotation=True
+            outputs, threshold=1.0, return_coco_annotation=True
         )[0]["segmentation"]
         == []
     )
@@ -381,7 +368,10 @@ def test_panoptic_matches_reference(reference, name, target_sizes, kwargs):
 
 def test_panoptic_nothing_found_has_one_representation():
     outputs = random_outputs()
-    for kwargs in ({"threshold": 1.1}, {"threshold": 0.0, "overlap_mask_area_threshold": 1.1}):
+    for kwargs in (
+        {"threshold": 1.0},
+        {"threshold": 0.0, "overlap_mask_area_threshold": 1.0, "mask_threshold": 1.0},
+    ):
         for result in PROCESSOR.post_process_panoptic_segmentation(
             outputs, target_sizes=[(9, 8)] * 2, **kwargs
         ):
@@ -438,11 +428,8 @@ def test_outputs_without_logits_raise():
         PROCESSOR.post_process_panoptic_segmentation(object())
 
 
-# ------------------------------------------------------------------------ images on a thread pool
-
-
-def test_images_on_the_thread_pool_match_reference(reference, two_torch_threads):
-    outputs = realistic_outputs(batch=3, seed=11, height=128, width=160)  # pool-sized
+def test_batches_with_two_threads_match_reference(reference, two_torch_threads):
+    outputs = realistic_outputs(batch=3, seed=11, height=128, width=160)
     sizes = [(150, 210), (31, 23), (64, 90)]
     ours = PROCESSOR.post_process_panoptic_segmentation(outputs, target_sizes=sizes)
     theirs = reference.post_process_panoptic_segmentation(
@@ -454,80 +441,11 @@ def test_images_on_the_thread_pool_match_reference(reference, two_torch_threads)
     semantic = PROCESSOR.post_process_semantic_segmentation(outputs, target_sizes=sizes)
     expected = reference.post_process_semantic_segmentation(outputs, target_sizes=sizes)
     assert all(torch.equal(a, b) for a, b in zip(semantic, expected, strict=True))
+    assert torch.get_num_threads() == 2  # the caller's setting is left alone
 
 
-def test_post_processing_ignores_gradients(two_torch_threads):
-    outputs = realistic_outputs(batch=2, seed=12, height=128, width=160)
+def test_post_processing_ignores_gradients():
+    outputs = realistic_outputs(batch=2, seed=12, height=32, width=40)
     outputs.masks_queries_logits.requires_grad_(True)
-    with torch.no_grad():  # grad mode is per thread: the pool must not depend on it
-        results = PROCESSOR.post_process_panoptic_segmentation(outputs, target_sizes=[(20, 30)] * 2)
+    results = PROCESSOR.post_process_panoptic_segmentation(outputs, target_sizes=[(80, 100)] * 2)
     assert all(not r["segmentation"].requires_grad for r in results)
-
-
-def test_forked_child_starts_its_own_thread_pool(two_torch_threads):
-    """A forked process inherits the pool object but none of its threads."""
-    from maskformer.processing import postprocess
-
-    outputs = realistic_outputs(batch=2, seed=13, height=128, width=160)
-    PROCESSOR.post_process_semantic_segmentation(outputs, target_sizes=[(20, 30)] * 2)
-    assert postprocess._POOL is not None
-    pid = os.fork()
-    if pid == 0:  # child: no torch kernels here (OpenMP itself is not fork-safe)
-        os._exit(0 if postprocess._POOL is None else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-
-
-def test_near_ties_use_torch_values_of_the_whole_stack():
-    """torch vectorises its resize across maps: a map resized alone can differ in the last bit
-    from the same map resized with the others, which decides exact ties (0.375 vs 0.375)."""
-    generator = torch.Generator().manual_seed(1386)
-    maps = torch.rand(8, 9, 12, generator=generator).round(decimals=1)
-    scale = torch.tensor([0.4, 0.3, 0.6, 0.2, 0.6, 1.0, 0.3, 1.0])
-    full = F.interpolate(maps[None], size=(30, 27), mode="bilinear", align_corners=False)[0]
-    weighted = full * scale[:, None, None]
-    assert torch.equal(resized_argmax(maps, (30, 27), scale), weighted.argmax(0))
-
-
-def test_thread_pool_leaves_the_callers_thread_count(two_torch_threads, monkeypatch):
-    """The workers use half of the threads each; the caller, and threads started later, keep
-    the caller's setting."""
-    import threading
-
-    from maskformer.processing import postprocess
-
-    monkeypatch.setattr(postprocess, "_POOL", None)
-    outputs = realistic_outputs(batch=2, seed=14, height=128, width=160)
-    PROCESSOR.post_process_panoptic_segmentation(outputs, target_sizes=[(30, 40)] * 2)
-    pool = postprocess._POOL[1]
-    assert torch.get_num_threads() == 2
-    assert pool.submit(torch.get_num_threads).result() == 1
-    seen = []
-    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-    later.start()
-    later.join()
-    assert seen == [2]
-    pool.shutdown()
-
-
-def test_scratch_memory_is_reused_within_a_limit_and_released(reference, monkeypatch):
-    from maskformer.processing import postprocess
-
-    outputs = realistic_outputs(batch=2, seed=15)
-    sizes = [(50, 70), (31, 23)]
-    expected = reference.post_process_panoptic_segmentation(
-        outputs, target_sizes=sizes, label_ids_to_fuse=set()
-    )
-    for limit in (64 * 2**20, 1000):  # reused, and too small to keep anything
-        monkeypatch.setattr(postprocess, "_SCRATCH_LIMIT", limit)
-        postprocess.release_scratch_memory()
-        for _ in range(2):  # the second call reuses what the first one kept
-            ours = PROCESSOR.post_process_panoptic_segmentation(outputs, target_sizes=sizes)
-            for a, b in zip(ours, expected, strict=True):
-                assert a["segments_info"] == _dedup_by_id(b["segments_info"])
-                assert torch.equal(a["segmentation"], b["segmentation"])
-        held = postprocess._SCRATCH.buffers
-        assert (set(held) == {"probs", "work", "bounds"}) == (limit > 1000)
-        assert sum(t.numel() * t.element_size() for t in held.values()) <= limit
-    postprocess.release_scratch_memory()
-    assert postprocess._SCRATCH.buffers == {} and postprocess._POOL is None
