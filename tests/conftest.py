@@ -33,8 +33,8 @@ def _seed() -> None:
 
 @pytest.fixture
 def two_torch_threads():
-    """Two torch threads for one test (the suite pins one): the processor then encodes label
-    maps on a background thread and post-processes two images at a time on a pool."""
+    """Two torch threads for one test (the suite pins one): results must not depend on the
+    thread count (kernels split their work differently)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     yield

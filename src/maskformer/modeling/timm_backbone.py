@@ -143,14 +143,24 @@ class TimmBackbone(nn.Module):
             self.channels = [channels[i] for i in self.selected]
             self.strides = [strides[i] for i in self.selected]
 
-    def forward(self, pixel_values: Tensor, output_hidden_states: bool = False) -> BackboneOutput:
-        """``pixel_values`` ``(batch, channels, height, width)`` -> one map per level."""
+    def forward(
+        self,
+        pixel_values: Tensor,
+        output_hidden_states: bool | None = False,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BackboneOutput | tuple[tuple[Tensor, ...], ...]:
+        """``pixel_values`` ``(batch, channels, height, width)`` -> one map per level.
+
+        The backbones' common signature: ``output_attentions`` is accepted and ignored (timm
+        feature extractors return maps only); ``return_dict=False`` gives a tuple."""
         maps = list(self.body(pixel_values))
         if self.channels_last:
             maps = [m.permute(0, 3, 1, 2) for m in maps]
         maps = [maps[i] for i in self.selected]
         if self.pyramid is not None:
             maps = self.pyramid(maps[-1])
-        return BackboneOutput(
+        output = BackboneOutput(
             feature_maps=tuple(maps), hidden_states=tuple(maps) if output_hidden_states else None
         )
+        return output if return_dict is not False else output.to_tuple()
