@@ -20,7 +20,8 @@ def build_model(args: TrainingArguments, dataset: Dataset | None = None) -> nn.M
     """The model named by ``args.model``: a preset (random weights), a folder or a hub id.
 
     A preset takes its label set from ``args.num_labels`` / ``args.id2label``, else from the data
-    set's ``id2label`` when it has one. Seeded with ``args.seed``, so every process builds the
+    set's ``id2label`` when it has one; so does a checkpoint given ``ignore_mismatched_sizes``
+    (a new class head). Seeded with ``args.seed``, so every process builds the
     same weights.
     """
     from maskformer import presets
@@ -55,6 +56,10 @@ def build_model(args: TrainingArguments, dataset: Dataset | None = None) -> nn.M
                 f"--model {args.model!r} is neither a preset "
                 f"({', '.join(presets.list_presets())}) nor an existing checkpoint folder"
             )
+    dataset_labels = getattr(dataset, "id2label", None)
+    if not label_overrides and args.ignore_mismatched_sizes and dataset_labels:
+        # a new class head was asked for: it takes the training data's label set
+        label_overrides["id2label"] = {int(k): str(v) for k, v in dataset_labels.items()}
     model = MaskFormerForInstanceSegmentation.from_pretrained(
         folder_or_hub_id, ignore_mismatched_sizes=args.ignore_mismatched_sizes, **label_overrides
     )
