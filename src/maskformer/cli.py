@@ -278,6 +278,8 @@ def _predict(args: argparse.Namespace) -> int:
             f"maskformer predict: error: argument --overlap: expected a number in [0, 1), "
             f"got {args.overlap}"
         )
+    if args.sliding_window and args.tta:
+        raise UsageError("maskformer predict: error: --sliding-window and --tta cannot be combined")
     tta = TestTimeAugmentation.parse(args.tta) if args.tta else None
     window = tuple(args.window) if args.window else None
     options = PredictOptions(
