@@ -292,7 +292,7 @@ def _predict(args: argparse.Namespace) -> int:
         tta=tta,
         num_workers=args.num_workers,
         resume=args.resume,
-        model_name=args.model,
+        model_name=_model_name(args.model),
         **_runtime_options(args),
     )
     paths = collect_image_paths(args.inputs)
@@ -333,6 +333,13 @@ def _predict_status(report: Any) -> int:
     if report.failed:
         return EXIT_PARTIAL if report.num_images else EXIT_USAGE
     return EXIT_OK
+
+
+def _model_name(model: str) -> str:
+    """How the run manifest names ``--model``: a local folder by its absolute path."""
+    from maskformer.utils.hub import is_local_reference
+
+    return str(Path(model).expanduser().resolve()) if is_local_reference(model) else model
 
 
 def _default_window(processor: Any) -> tuple[int, int]:
