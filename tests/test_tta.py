@@ -94,3 +94,14 @@ def test_identical_views_average_to_the_single_prediction(tiny_model) -> None:
         double, target_sizes=[(image.height, image.width)]
     )[0]
     assert result["segmentation"].shape == (image.height, image.width)
+
+
+def test_queries_are_matched_to_the_unmirrored_view_nearest_scale_one() -> None:
+    from maskformer.engine.tta import reference_view
+
+    tta = TestTimeAugmentation.parse(["scales=0.5,0.75,1.0,1.25,1.5", "flip"])
+    assert tta.views()[reference_view(tta)] == (1.0, False)
+    # 0.8 and 1.25 are equally far from 1 on a log scale: the larger (finer masks) wins
+    assert TestTimeAugmentation(scales=(0.8, 1.25)).views()[
+        reference_view(TestTimeAugmentation(scales=(0.8, 1.25)))
+    ] == (1.25, False)

@@ -8,9 +8,9 @@ each view and the views are combined:
   post-processor's) of every view, resized to the image's size and mirrored back, are averaged;
   the class is the average's argmax.
 * **panoptic / instance**: MaskFormer's queries are learned slots, so each view predicts a set of
-  (class, mask) pairs. Every view's queries are matched one to one to the first view's
-  (Hungarian matching on mask Dice plus class-probability agreement, the masks compared at the
-  first view's mask resolution); matched queries' class probabilities and mask probabilities are
+  (class, mask) pairs. Every view's queries are matched one to one to the reference view's (the
+  unmirrored view at the scale nearest to 1; Hungarian matching on mask Dice plus
+  class-probability agreement, the masks compared at the reference view's mask resolution); matched queries' class probabilities and mask probabilities are
   averaged, turned back into logits, and post-processed as one prediction. Averaging matched
   queries keeps the post-processors (thresholds, overlaps, fusing) unchanged.
 
@@ -89,11 +89,11 @@ def _view_inputs(processor: Any, image: Image.Image, scale: float, flip: bool) -
     return processor(images=[image], return_tensors="pt", **overrides)["pixel_values"]
 
 
-def _run_views(
+def run_views(
     model: torch.nn.Module, processor: Any, image: Image.Image, tta: TestTimeAugmentation
 ) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
-    """Per view: class logits ``(queries, classes + 1)``, mask logits ``(queries, h, w)``
-    (float32) and whether the view is mirrored."""
+    """Per view (in :meth:`TestTimeAugmentation.views` order): class logits ``(queries,
+    classes + 1)``, mask logits ``(queries, h, w)`` (float32) and whether it is mirrored."""
     parameter = next(model.parameters())
     results = []
     for scale, flip in tta.views():
@@ -110,14 +110,19 @@ def tta_semantic(
     model: torch.nn.Module, processor: Any, image: Image.Image, tta: TestTimeAugmentation
 ) -> torch.Tensor:
     """Class ids ``(height, width)`` int64 from the averaged class scores of every view."""
+    return combine_semantic(run_views(model, processor, image, tta), (image.height, image.width))
+
+
+def combine_semantic(
+    views: list[tuple[torch.Tensor, torch.Tensor, bool]], size: tuple[int, int]
+) -> torch.Tensor:
+    """Class ids ``size`` from the averaged class scores of :func:`run_views`' ``views``."""
     total: torch.Tensor | None = None
-    for class_logits, mask_logits, flip in _run_views(model, processor, image, tta):
+    for class_logits, mask_logits, flip in views:
         scores = torch.einsum(
             "qc,qhw->chw", class_logits.softmax(-1)[:, :-1], mask_logits.sigmoid()
         )
-        scores = F.interpolate(
-            scores[None], size=(image.height, image.width), mode="bilinear", align_corners=False
-        )[0]
+        scores = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
         if flip:
             scores = scores.flip(-1)
         total = scores if total is None else total + scores
@@ -150,15 +155,37 @@ def tta_outputs(
     model: torch.nn.Module, processor: Any, image: Image.Image, tta: TestTimeAugmentation
 ) -> SimpleNamespace:
     """One prediction ``(class_queries_logits (1, queries, classes + 1), masks_queries_logits
-    (1, queries, h, w))`` from the matched and averaged queries of every view, at the first
+    (1, queries, h, w))`` from the matched and averaged queries of every view, at the reference
     view's mask resolution; post-process it with ``target_sizes=[(image.height, image.width)]``."""
-    views = _run_views(model, processor, image, tta)
-    first_logits, first_mask_logits, _ = views[0]  # the first view is never mirrored
+    return combine_queries(run_views(model, processor, image, tta), tta)
+
+
+def reference_view(tta: TestTimeAugmentation) -> int:
+    """The view the others are matched to: the unmirrored one whose scale is nearest to 1
+    (the model's own scale, and the finest mask resolution among the views near it)."""
+    views = tta.views()
+    return min(
+        (i for i, (_, flip) in enumerate(views) if not flip),
+        key=lambda i: (round(abs(float(np.log(views[i][0]))), 9), -views[i][0]),
+    )
+
+
+def combine_queries(
+    views: list[tuple[torch.Tensor, torch.Tensor, bool]],
+    tta: TestTimeAugmentation,
+    reference: int | None = None,
+) -> SimpleNamespace:
+    """:func:`tta_outputs` from :func:`run_views`' ``views``; ``reference`` (default
+    :func:`reference_view`) is the view matched to, whose mask resolution the result has."""
+    reference = reference_view(tta) if reference is None else reference
+    first_logits, first_mask_logits, _ = views[reference]  # never mirrored
     size = first_mask_logits.shape[-2:]
     first_classes = first_logits.softmax(-1)
     first_masks = first_mask_logits.sigmoid()
     class_sum, mask_sum = first_classes.clone(), first_masks.clone()
-    for class_logits, mask_logits, flip in views[1:]:
+    for index, (class_logits, mask_logits, flip) in enumerate(views):
+        if index == reference:
+            continue
         classes = class_logits.softmax(-1)
         masks = F.interpolate(
             mask_logits[None], size=tuple(size), mode="bilinear", align_corners=False
