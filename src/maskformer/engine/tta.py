@@ -8,11 +8,13 @@ each view and the views are combined:
   post-processor's) of every view, resized to the image's size and mirrored back, are averaged;
   the class is the average's argmax.
 * **panoptic / instance**: MaskFormer's queries are learned slots, so each view predicts a set of
-  (class, mask) pairs. Every view's queries are matched one to one to the reference view's (the
-  unmirrored view at the scale nearest to 1; Hungarian matching on mask Dice plus
-  class-probability agreement, the masks compared at the reference view's mask resolution); matched queries' class probabilities and mask probabilities are
-  averaged, turned back into logits, and post-processed as one prediction. Averaging matched
-  queries keeps the post-processors (thresholds, overlaps, fusing) unchanged.
+  (class, mask) pairs. The views at the reference scale (the scale nearest to 1: the unmirrored
+  view and, with ``flip``, its mirror image) are run; the mirrored view's queries are matched one
+  to one to the unmirrored view's (Hungarian matching on mask Dice plus class-probability
+  agreement), matched queries' class and mask probabilities are averaged, turned back into
+  logits, and post-processed as one prediction (thresholds, overlaps, fusing unchanged). Other
+  scales are left out here: averaging queries across scales measured worse (see
+  :func:`combine_queries`, which can still do it).
 
 A single view at scale 1 without flip is not routed here: ``predict`` without ``--tta`` is the
 plain path.
