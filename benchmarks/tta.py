@@ -4,7 +4,9 @@ Uses the demo's model (``maskformer demo`` writes it to ``demo_output/model``) o
 held-out images (the same generator and seed as the demo's evaluation), and prints one row per
 setting. Without TTA the plain post-processors run on one forward pass; with TTA, semantic maps
 come from averaged class scores and panoptic / instance segments from matched and averaged
-queries (:mod:`maskformer.engine.tta`).
+queries of the views at the scale nearest 1 (:mod:`maskformer.engine.tta`); for comparison,
+the queries of all scales averaged (matched to the view nearest scale 1, and to the first view).
+Each image's views run once for all three tasks (the s/image column counts every view).
 
     python benchmarks/tta.py --model demo_output/model --tta "scales=0.75,1.0,1.25,1.5 flip"
 """
@@ -24,7 +26,13 @@ from PIL import Image
 from maskformer import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
 from maskformer.data.synthetic import SyntheticShapesDataset
 from maskformer.engine.predict import instance_result_to_arrays, panoptic_result_to_coco
-from maskformer.engine.tta import TestTimeAugmentation, tta_outputs, tta_semantic
+from maskformer.engine.tta import (
+    TestTimeAugmentation,
+    combine_queries,
+    combine_semantic,
+    reference_view,
+    run_views,
+)
 from maskformer.evaluation import (
     InstanceSegmentationMetric,
     PanopticQualityMetric,
@@ -34,7 +42,9 @@ from maskformer.evaluation import (
 HELD_OUT_SEED_OFFSET = 1_000_003  # the demo's held-out seed: seed + 1_000_003
 
 
-def evaluate(model, processor, dataset, tta: TestTimeAugmentation | None) -> dict[str, float]:
+def evaluate(
+    model, processor, dataset, tta: TestTimeAugmentation | None, variant: dict | None = None
+) -> dict[str, float]:
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     semantic_metric = SemanticSegmentationMetric(len(id2label))
     panoptic_metric = PanopticQualityMetric(dataset.categories)
@@ -50,8 +60,9 @@ def evaluate(model, processor, dataset, tta: TestTimeAugmentation | None) -> dic
                 outputs = model(pixel_values=inputs["pixel_values"])
             semantic = processor.post_process_semantic_segmentation(outputs, target_sizes=size)[0]
         else:
-            outputs = tta_outputs(model, processor, image, tta)
-            semantic = tta_semantic(model, processor, image, tta)
+            views = run_views(model, processor, image, tta)  # once for all three tasks
+            outputs = combine_queries(views, tta, **(variant or {}))
+            semantic = combine_semantic(views, size[0])
         outputs = SimpleNamespace(
             class_queries_logits=outputs.class_queries_logits,
             masks_queries_logits=outputs.masks_queries_logits,
@@ -101,18 +112,23 @@ def main() -> int:
     dataset = SyntheticShapesDataset(
         args.held_out, image_size=64, seed=args.seed + HELD_OUT_SEED_OFFSET
     )
-    settings = [("none", None), (args.tta, TestTimeAugmentation.parse(args.tta))]
+    main = TestTimeAugmentation.parse(args.tta)
+    settings = [("none", None, None), (args.tta, main, None)]
+    settings.append((f"{args.tta} (queries of all scales)", main, {"all_scales": True}))
+    if main.views()[0] != main.views()[reference_view(main)]:  # the first view as reference
+        variant = {"all_scales": True, "reference": 0}
+        settings.append((f"{args.tta} (all scales, matched to view 0)", main, variant))
     for flag in ("flip", "scales=0.75,1.0,1.25"):
         if flag != args.tta:
-            settings.append((flag, TestTimeAugmentation.parse(flag)))
+            settings.append((flag, TestTimeAugmentation.parse(flag), None))
     print(f"model {args.model}, {args.held_out} held-out images, {args.threads} threads")
-    print(f"{'tta':36s} {'mIoU':>7s} {'PQ':>7s} {'AP':>7s} {'s/image':>8s}")
-    for name, tta in settings:
+    print(f"{'tta':52s} {'mIoU':>7s} {'PQ':>7s} {'AP':>7s} {'s/image':>8s}")
+    for name, tta, variant in settings:
         started = time.perf_counter()
-        figures = evaluate(model, processor, dataset, tta)
+        figures = evaluate(model, processor, dataset, tta, variant)
         per_image = (time.perf_counter() - started) / len(dataset)
         print(
-            f"{name:36s} {figures['mIoU']:7.4f} {figures['PQ']:7.4f} {figures['AP']:7.4f} "
+            f"{name:52s} {figures['mIoU']:7.4f} {figures['PQ']:7.4f} {figures['AP']:7.4f} "
             f"{per_image:8.3f}"
         )
     return 0

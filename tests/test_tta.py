@@ -8,7 +8,13 @@ from conftest import SHARED_DATA, requires_shared_data
 from PIL import Image
 
 from maskformer import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
-from maskformer.engine.tta import TestTimeAugmentation, tta_outputs, tta_semantic
+from maskformer.engine.tta import (
+    TestTimeAugmentation,
+    combine_queries,
+    run_views,
+    tta_outputs,
+    tta_semantic,
+)
 from maskformer.presets import get_preset
 
 
@@ -77,7 +83,9 @@ def test_identical_views_average_to_the_single_prediction(tiny_model) -> None:
     processor = MaskFormerImageProcessor(size={"shortest_edge": 96, "longest_edge": 192})
     image = _photo()
     single = tta_outputs(tiny_model, processor, image, TestTimeAugmentation())
-    double = tta_outputs(tiny_model, processor, image, TestTimeAugmentation(scales=(1.0, 1.0)))
+    twice = TestTimeAugmentation(scales=(1.0, 1.0))  # tta_outputs would run one of them
+    double = combine_queries(run_views(tiny_model, processor, image, twice), twice)
+    assert double.masks_queries_logits.shape == single.masks_queries_logits.shape
     torch.testing.assert_close(
         double.class_queries_logits.softmax(-1),
         single.class_queries_logits.softmax(-1),
@@ -94,3 +102,31 @@ def test_identical_views_average_to_the_single_prediction(tiny_model) -> None:
         double, target_sizes=[(image.height, image.width)]
     )[0]
     assert result["segmentation"].shape == (image.height, image.width)
+
+
+def test_queries_are_matched_to_the_unmirrored_view_nearest_scale_one() -> None:
+    from maskformer.engine.tta import reference_view
+
+    tta = TestTimeAugmentation.parse(["scales=0.5,0.75,1.0,1.25,1.5", "flip"])
+    assert tta.views()[reference_view(tta)] == (1.0, False)
+    # 0.8 and 1.25 are equally far from 1 on a log scale: the larger (finer masks) wins
+    assert TestTimeAugmentation(scales=(0.8, 1.25)).views()[
+        reference_view(TestTimeAugmentation(scales=(0.8, 1.25)))
+    ] == (1.25, False)
+
+
+@requires_shared_data
+def test_panoptic_tta_averages_only_the_views_at_the_reference_scale(tiny_model) -> None:
+    """Scales 0.5, 1.0 with flip: the queries come from the two views at scale 1 (plain and
+    mirrored), computed from those two views alone; the other scale is not even run."""
+    processor = MaskFormerImageProcessor(size={"shortest_edge": 96, "longest_edge": 192})
+    image = _photo()
+    tta = TestTimeAugmentation(scales=(0.5, 1.0), flip=True)
+    pair = TestTimeAugmentation(scales=(1.0,), flip=True)
+    ours = tta_outputs(tiny_model, processor, image, tta)
+    expected = combine_queries(run_views(tiny_model, processor, image, pair), pair)
+    assert torch.equal(ours.masks_queries_logits, expected.masks_queries_logits)
+    every = combine_queries(run_views(tiny_model, processor, image, tta), tta)
+    assert torch.equal(every.class_queries_logits, expected.class_queries_logits)
+    mixed = combine_queries(run_views(tiny_model, processor, image, tta), tta, all_scales=True)
+    assert not torch.equal(mixed.masks_queries_logits, expected.masks_queries_logits)

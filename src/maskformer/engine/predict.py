@@ -23,12 +23,20 @@ convention, ``000000142238.jpg`` -> 142238). An image that cannot be read or seg
 the others are written. Every file appears atomically, the json files are merged with what an
 earlier run left (see :mod:`maskformer.engine.prediction_files`), and a lock file keeps a
 second run out of the folder while one is writing.
+
+Many images: files are decoded by background workers (:mod:`maskformer.engine.predict_inputs`)
+while the model runs; images of one processed size share a forward pass, never padded
+(:func:`~maskformer.engine.segment.segment_each`). Under ``torchrun`` each process takes a
+disjoint shard of the sorted list and rank 0 merges the json files at the end
+(:mod:`maskformer.engine.predict_distributed`). ``predict_manifest.json`` and the per-process
+journals (:mod:`maskformer.engine.predict_state`) let ``resume`` skip finished images.
 """
 
 from __future__ import annotations
 
-import glob
-from collections.abc import Iterator, Sequence
+import contextlib
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,6 +45,29 @@ from typing import Any
 import torch
 from PIL import Image
 
+from maskformer.data.coco_instances import original_category_ids
+from maskformer.engine.predict_distributed import rank_and_world, share_from_rank0
+from maskformer.engine.predict_inputs import default_num_workers, read_images, shard
+from maskformer.engine.predict_paths import (  # noqa: F401 - re-exported
+    IMAGE_SUFFIXES,
+    check_no_overwrite,
+    check_outputs,
+    check_window_fits,
+    collect_image_paths,
+    json_target,
+    output_folders,
+    output_paths,
+)
+from maskformer.engine.predict_state import (
+    Journal,
+    completed_stems,
+    fold_journals,
+    identity_difference,
+    read_manifest,
+    recorded_ids,
+    run_identity,
+    write_manifest,
+)
 from maskformer.engine.prediction_files import (  # noqa: F401 - re-exported, the public names
     check_output_name,
     image_id_of,
@@ -58,9 +89,10 @@ from maskformer.engine.segment import (  # noqa: F401 - re-exported
     segment_batch,
     segment_each,
 )
+from maskformer.engine.sliding_window import check_window
+from maskformer.engine.tta import TestTimeAugmentation
+from maskformer.utils.coco import encode_rle
 from maskformer.visualize import overlay_instances, overlay_panoptic, overlay_semantic
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def check_probability(name: str, value: Any) -> None:
@@ -77,11 +109,19 @@ def check_positive_int(name: str, value: Any) -> None:
 
 @dataclass
 class PredictOptions:
-    """What ``predict_images`` does; the thresholds are the post-processors' arguments."""
+    """What ``predict_images`` does; the thresholds are the post-processors' arguments.
+
+    ``batch_size``: most images of one processed size per forward pass (1, the default, gives
+    every image its exact single-image result), or tiles per pass with ``sliding_window``
+    (``((height, width), overlap)``). ``tta``: a :class:`TestTimeAugmentation` (None: off).
+    ``num_workers``: background image readers (None: :func:`default_num_workers`). ``resume``:
+    skip the images an earlier run with the same model and settings finished. ``model_name``:
+    how the run manifest names the model (the ``--model`` argument).
+    """
 
     task: str = "panoptic"
     output_dir: Path = Path("predictions")
-    batch_size: int = 2
+    batch_size: int = 1
     threshold: float = 0.5
     mask_threshold: float = 0.5
     overlap_mask_area_threshold: float = 0.8
@@ -89,6 +129,11 @@ class PredictOptions:
     overlay: bool = True
     overwrite: bool = False
     progress: bool = True
+    sliding_window: tuple[tuple[int, int], float] | None = None
+    tta: TestTimeAugmentation | None = None
+    num_workers: int | None = None
+    resume: bool = False
+    model_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -99,113 +144,38 @@ class PredictOptions:
         fuse = self.label_ids_to_fuse or ()
         if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in fuse):
             raise ValueError(f"label_ids_to_fuse must hold class ids >= 0, got {sorted(fuse)}")
+        if self.sliding_window is not None:
+            window, overlap = self.sliding_window
+            check_window(tuple(window), overlap, (1 << 30, 1 << 30))
+            self.sliding_window = ((int(window[0]), int(window[1])), float(overlap))
+        if self.sliding_window is not None and self.tta:
+            raise ValueError("--sliding-window and --tta cannot be combined; choose one")
+        if self.tta is not None and not isinstance(self.tta, TestTimeAugmentation):
+            raise TypeError(f"tta must be a TestTimeAugmentation, got {type(self.tta).__name__}")
+        if self.num_workers is not None and (
+            isinstance(self.num_workers, bool)
+            or not isinstance(self.num_workers, int)
+            or self.num_workers < 0
+        ):
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
         self.output_dir = Path(self.output_dir)
 
 
 @dataclass
 class PredictionReport:
-    """Files written and inputs that could not be read or segmented (path, reason)."""
+    """Files written by this process, inputs that could not be read or segmented (path,
+    reason; every process's under torchrun), images segmented (all processes) and the seconds
+    the run took."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     num_images: int = 0
+    seconds: float = 0.0
+    skipped_as_done: int = 0
 
-
-# --------------------------------------------------------------------------------------- inputs
-def collect_image_paths(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand files, folders (their image files, sorted, not recursive) and glob patterns.
-
-    Raises:
-        FileNotFoundError: an input that is neither a file, a folder nor a matching pattern.
-        ValueError: no inputs, or two inputs whose output names or image ids would collide.
-    """
-    if not inputs:
-        raise ValueError("no input images given")
-    paths: list[Path] = []
-    for entry in inputs:
-        entry_path = Path(entry)
-        if entry_path.is_dir():
-            paths.extend(
-                sorted(
-                    p
-                    for p in entry_path.iterdir()
-                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                )
-            )
-        elif entry_path.is_file():
-            paths.append(entry_path)
-        elif entry_path.exists():
-            raise ValueError(f"input {entry} is neither a file nor a folder")
-        elif glob.has_magic(str(entry)):
-            matches = sorted(Path(p) for p in glob.glob(str(entry)) if Path(p).is_file())
-            if not matches:
-                raise FileNotFoundError(f"input pattern {entry} matches no files")
-            paths.extend(matches)
-        else:
-            raise FileNotFoundError(f"input {entry} does not exist")
-    unique = list(dict.fromkeys(paths))
-    if not unique:
-        raise ValueError(f"no image files found in {', '.join(map(str, inputs))}")
-    stems: dict[str, Path] = {}
-    ids: dict[int | str, Path] = {}
-    for path in unique:
-        if path.stem in stems:
-            raise ValueError(
-                f"inputs {stems[path.stem]} and {path} would write outputs of the same name "
-                f"{path.stem!r}; predict them into different --output-dir folders"
-            )
-        image_id = image_id_of(path)
-        if image_id in ids:
-            raise ValueError(
-                f"inputs {ids[image_id]} and {path} would get the same image_id {image_id!r}; "
-                "predict them into different --output-dir folders"
-            )
-        stems[path.stem] = ids[image_id] = path
-    return unique
-
-
-def output_paths(paths: Sequence[Path], options: PredictOptions) -> list[Path]:
-    """Every file ``predict_images`` will write for ``paths``."""
-    out = options.output_dir
-    files: list[Path] = []
-    if options.task == "semantic":
-        files += [out / "semantic" / f"{p.stem}.png" for p in paths]
-    elif options.task == "panoptic":
-        files += [out / "panoptic" / f"{p.stem}.png" for p in paths]
-        files.append(out / "panoptic.json")
-    else:
-        files.append(out / "instances.json")
-    if options.overlay:
-        files += [out / "overlays" / f"{p.stem}.png" for p in paths]
-    return files
-
-
-def check_no_overwrite(paths: Sequence[Path], options: PredictOptions) -> None:
-    """Raise ``FileExistsError`` naming the first output that exists, unless ``overwrite``."""
-    if options.overwrite:
-        return
-    existing = [p for p in output_paths(paths, options) if p.exists()]
-    if existing:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise FileExistsError(
-            f"output file {existing[0]} already exists{more}; pass --overwrite to replace it"
-        )
-
-
-def check_outputs(paths: Sequence[Path], options: PredictOptions) -> None:
-    """Everything about the output folder that can fail, checked before a model is loaded:
-    existing outputs (without ``overwrite``), a folder that cannot be created or written, an
-    existing json that cannot be merged, another run holding the folder's lock."""
-    check_no_overwrite(paths, options)
-    prepare_output_dir(options.output_dir, [])  # the lock file lives here
-    for folder in _output_folders(paths, options):  # created when the run starts
-        if folder.exists() and not folder.is_dir():
-            raise NotADirectoryError(f"output folder {folder} is a file, not a folder")
-    target = _json_target(options)
-    if target is not None and target.exists():
-        read_records(target, options.task)
-    with output_lock(options.output_dir):
-        pass
+    @property
+    def images_per_second(self) -> float:
+        return self.num_images / self.seconds if self.seconds > 0 else 0.0
 
 
 # -------------------------------------------------------------------------------------- running
@@ -219,59 +189,169 @@ def predict_images(
 
     ``model`` must already be on its device and in eval mode; inputs follow its first parameter's
     device and dtype. Images that cannot be read or segmented are skipped and listed in the
-    report; whatever was finished is kept when the run stops early (an error, Ctrl-C).
+    report; whatever was finished is kept when the run stops early (an error, Ctrl-C). Under a
+    ``torch.distributed`` process group every rank calls this with the same ``paths`` and
+    segments its own shard.
     """
-    check_no_overwrite(paths, options)
-    prepare_output_dir(options.output_dir, _output_folders(paths, options))
-    with output_lock(options.output_dir):
-        return _predict_locked(model, processor, paths, options)
-
-
-def _predict_locked(
-    model: torch.nn.Module, processor: Any, paths: Sequence[Path], options: PredictOptions
-) -> PredictionReport:
+    rank, world = rank_and_world()
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     categories = [{"id": k, "name": v} for k, v in sorted(id2label.items())]
-    target = _json_target(options)
-    old_records: list[dict[str, Any]] = []
+    identity = run_identity(model, options.model_name, options)
+    with contextlib.ExitStack() as lock:
+        todo, error = None, None
+        if rank == 0:
+            try:
+                prepare_output_dir(options.output_dir, [])
+                lock.enter_context(output_lock(options.output_dir))
+                todo = _start_run(paths, options, identity, categories)
+            except (ValueError, TypeError, OSError) as failure:
+                error = failure
+        todo = share_from_rank0(todo, error)
+        if rank != 0:
+            prepare_output_dir(options.output_dir, output_folders(todo, options))
+        report = _run_shard(model, processor, shard(todo, rank, world), options, id2label)
+        report.skipped_as_done = len(paths) - len(todo)
+        return report
+
+
+def _start_run(
+    paths: Sequence[Path],
+    options: PredictOptions,
+    identity: dict[str, Any],
+    categories: list[dict[str, Any]],
+) -> list[Path]:
+    """Rank 0, holding the lock: fold a stopped run's journals, check ``resume`` against the
+    manifest and existing outputs against ``overwrite``, write this run's manifest. Returns
+    the paths to segment."""
+    out = options.output_dir
+    manifest = fold_journals(out, read_manifest(out))
+    todo = list(paths)
+    same_run = manifest is not None and identity_difference(manifest, identity, out) is None
+    if options.resume and manifest is not None:
+        difference = identity_difference(manifest, identity, out)
+        if difference is not None:
+            raise ValueError(difference)
+        done = completed_stems(out, manifest)
+        recorded = recorded_ids(out, options.task) if options.task == "panoptic" else None
+        todo = [p for p in paths if not _complete(p, options, done, recorded)]
+    else:
+        check_no_overwrite(paths, options)
+    target = json_target(options)
     if target is not None and target.exists():  # only with overwrite: merged, not replaced
-        old_records, old_categories = read_records(target, options.task)
+        _, old_categories = read_records(target, options.task)
         if old_categories is not None and old_categories != categories:
             raise ValueError(
                 f"{target} lists other categories (another model wrote it); remove it or use "
                 "another --output-dir"
             )
+    prepare_output_dir(out, output_folders(todo, options))
+    redone = {p.stem for p in todo}
+    kept = [s for s in (manifest or {}).get("completed", []) if same_run and s not in redone]
+    write_manifest(
+        out,
+        {
+            "format": 1,
+            **identity,
+            "categories": categories if options.task == "panoptic" else None,
+            "completed": kept,
+        },
+    )
+    return todo
+
+
+def _complete(
+    path: Path, options: PredictOptions, done: set[str], recorded: set[str] | None
+) -> bool:
+    """Whether an earlier run finished ``path``: its journal line, its files, its record."""
+    if path.stem not in done:
+        return False
+    if recorded is not None and str(image_id_of(path)) not in recorded:
+        return False
+    files = [p for p in output_paths([path], options) if p.suffix == ".png"]
+    return all(p.is_file() for p in files)
+
+
+def _run_shard(
+    model: torch.nn.Module,
+    processor: Any,
+    paths: Sequence[Path],
+    options: PredictOptions,
+    id2label: dict[int, str],
+) -> PredictionReport:
+    rank, world = rank_and_world()
     report = PredictionReport()
-    records: list[dict[str, Any]] = []
+    workers = options.num_workers
+    if workers is None:
+        from maskformer.engine.predict_distributed import processes_per_machine
+
+        workers = default_num_workers(processes_per_machine())
+    journal = Journal(options.output_dir, rank)
+    # instance records carry the training data's own category ids when the config has them
+    category_ids = original_category_ids(model.config)
+    progress = _progress_bar(len(paths), options.progress and rank == 0)
+    started = time.perf_counter()
     finished = False
-    progress = _progress_bar(len(paths), options.progress)
     try:
-        for batch in _batches(paths, options.batch_size):
-            images, loaded = [], []
-            for path in batch:
-                try:
-                    check_output_name(path)
-                    images.append(load_rgb_image(path))
-                    loaded.append(path)
-                except (ValueError, OSError) as error:
-                    report.failed.append((path, str(error)))
-            progress.update(len(batch) - len(loaded))
-            for path, image, result in segment_each(model, processor, loaded, images, options):
+        for batch in read_images(paths, options.batch_size, workers):
+            loaded = [(path, item) for path, item in batch if not isinstance(item, str)]
+            for path, item in batch:
+                if isinstance(item, str):
+                    report.failed.append((path, item))
+                    progress.update(1)
+            results = segment_each(
+                model, processor, [p for p, _ in loaded], [i for _, i in loaded], options
+            )
+            for path, image, result in results:
                 if isinstance(result, str):
                     report.failed.append((path, result))
                 else:
-                    report.written += _write_result(path, image, result, options, id2label, records)
+                    files, records = _write_result(path, image, result, options, id2label)
+                    if options.task == "instance" and category_ids is not None:
+                        records = [
+                            {**r, "category_id": category_ids[r["category_id"]]} for r in records
+                        ]
+                    journal.add(path.stem, records)  # the commit point of this image
+                    report.written += files
                     report.num_images += 1
                 progress.update(1)
         finished = True
     finally:
         progress.close()
-        if target is not None and (finished or records):  # finished outputs are never lost
-            if options.task == "instance":
-                records = _original_category_ids(model.config, records)
-            merged = merge_records(old_records, records)
-            report.written.append(write_records(target, options.task, merged, categories))
+        journal.close()
+        if world == 1:  # one process: fold even when stopping early (finished work is kept)
+            report.written += _finish(options, finished)
+    if world > 1:
+        shares = gather_reports(report)
+        report.failed = [item for share in shares for item in share[0]]
+        report.num_images = sum(share[1] for share in shares)
+        if rank == 0:
+            report.written += _finish(options, True)
+        share_from_rank0(None)  # nobody leaves (and torchrun ends nobody) before the merge
+    report.seconds = time.perf_counter() - started
     return report
+
+
+def gather_reports(report: PredictionReport) -> list[tuple[list[tuple[Path, str]], int]]:
+    from maskformer.engine.predict_distributed import gather_to_all
+
+    return gather_to_all((report.failed, report.num_images))
+
+
+def _finish(options: PredictOptions, finished: bool) -> list[Path]:
+    """Fold the journals into the json and the manifest; the json paths written."""
+    out = options.output_dir
+    manifest = read_manifest(out)
+    target = json_target(options)
+    existed = target.stat().st_mtime_ns if target is not None and target.exists() else None
+    manifest = fold_journals(out, manifest)
+    if target is None:
+        return []
+    if finished and not target.exists():  # a run that found nothing still says so
+        categories = manifest.get("categories") if manifest else None
+        write_records(target, options.task, [], categories)
+    if target.exists() and target.stat().st_mtime_ns != existed:
+        return [target]
+    return []
 
 
 # -------------------------------------------------------------------------------------- writing
@@ -281,12 +361,10 @@ def _write_result(
     result: dict[str, Any],
     options: PredictOptions,
     id2label: dict[int, str],
-    records: list[dict[str, Any]],
-) -> list[Path]:
-    """Write the per-image files of ``result`` and append its json records to ``records``
-    (only once its files are complete)."""
+) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Write the per-image files of ``result``; return them and its json records."""
     out, name = options.output_dir, f"{path.stem}.png"
-    written, new_records = [], []
+    written, records = [], []
     if options.task == "semantic":
         classes = result["semantic"].cpu().numpy()
         written.append(save_png(label_png(classes, len(id2label)), out / "semantic" / name))
@@ -294,43 +372,36 @@ def _write_result(
     elif options.task == "panoptic":
         ids, segments = panoptic_result_to_coco(result)
         written.append(save_png(panoptic_png(ids), out / "panoptic" / name))
-        new_records.append(
+        records.append(
             {"image_id": image_id_of(path), "file_name": name, "segments_info": segments}
         )
         draw_overlay = partial(overlay_panoptic, image, ids, segments, id2label)
+    elif result["segmentation"].dim() == 2:  # sliding window: an id map, no overlaps
+        ids, segments = panoptic_result_to_coco(result)
+        records += _id_map_records(image_id_of(path), ids, segments)
+        draw_overlay = partial(overlay_panoptic, image, ids, segments, id2label)
     else:
         masks, labels, scores = instance_result_to_arrays(result, image.height, image.width)
-        new_records += instance_records(image_id_of(path), masks, labels, scores)
+        records += instance_records(image_id_of(path), masks, labels, scores)
         draw_overlay = partial(overlay_instances, image, masks, labels, id2label, scores=scores)
     if options.overlay:  # drawn only when it is written
         written.append(save_png(draw_overlay(), out / "overlays" / name))
-    records += new_records
-    return written
+    return written, records
 
 
-def _original_category_ids(config: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Instance records with the training data's own category ids, when the config has them
-    (``label_category_ids``, set from COCO instance data); unchanged otherwise."""
-    from maskformer.data.coco_instances import original_category_ids
-
-    category_ids = original_category_ids(config)
-    if category_ids is None:
-        return records
-    return [{**r, "category_id": category_ids[r["category_id"]]} for r in records]
-
-
-def _json_target(options: PredictOptions) -> Path | None:
-    names = {"panoptic": "panoptic.json", "instance": "instances.json"}
-    return options.output_dir / names[options.task] if options.task in names else None
-
-
-def _output_folders(paths: Sequence[Path], options: PredictOptions) -> list[Path]:
-    return sorted({p.parent for p in output_paths(paths, options)})
-
-
-def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _id_map_records(
+    image_id: int | str, ids: Any, segments: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """COCO results of the segments of an id map ``(H, W)``, one mask in memory at a time."""
+    return [
+        {
+            "image_id": image_id,
+            "category_id": segment["category_id"],
+            "segmentation": encode_rle((ids == segment["id"])[None])[0],
+            "score": segment["score"],
+        }
+        for segment in segments
+    ]
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

@@ -146,11 +146,14 @@ def read_records(target: Path, task: str) -> tuple[list[dict[str, Any]], list[di
 
 
 def merge_records(
-    old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]
+    old: Sequence[dict[str, Any]],
+    new: Sequence[dict[str, Any]],
+    replaced: Sequence[Any] = (),
 ) -> list[dict[str, Any]]:
-    """``old`` without the images that ``new`` has records for, then ``new``."""
-    replaced = {_id_key(r["image_id"]) for r in new}
-    return [r for r in old if _id_key(r["image_id"]) not in replaced] + list(new)
+    """``old`` without the images that ``new`` has records for (and those of ``replaced``, image
+    ids predicted again that now have no record, e.g. no instance found), then ``new``."""
+    dropped = {_id_key(r["image_id"]) for r in new} | {_id_key(i) for i in replaced}
+    return [r for r in old if _id_key(r["image_id"]) not in dropped] + list(new)
 
 
 def write_records(

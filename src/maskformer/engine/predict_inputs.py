@@ -1,0 +1,83 @@
+"""Reading many images while the model runs: a ``torch.utils.data.DataLoader`` over the sorted
+path list whose workers open and decode the files.
+
+A file that cannot be read comes back as a reason (a str naming it) in place of its pixels, never
+as an exception in a worker, so one corrupt image costs only itself. Pixels travel from a worker
+as a ``(height, width, 3)`` uint8 tensor (shared memory, not a pickled copy).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from maskformer.engine.prediction_files import check_output_name
+from maskformer.engine.segment import load_rgb_image
+
+MAX_DEFAULT_WORKERS = 2
+
+
+def default_num_workers(processes_per_machine: int = 1) -> int:
+    """Background readers: 2, or fewer so that the readers of every process on this machine
+    leave a core to each model (0 = read in the main process)."""
+    cores = os.cpu_count() or 1
+    return max(0, min(MAX_DEFAULT_WORKERS, cores // max(1, processes_per_machine) - 1))
+
+
+class ImageFiles(Dataset):
+    """``(path, pixels or reason)`` of each path: pixels ``(height, width, 3)`` uint8."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Path, torch.Tensor | str]:
+        path = self.paths[index]
+        try:
+            check_output_name(path)
+            image = load_rgb_image(path)
+        except (ValueError, OSError) as error:
+            return path, str(error)
+        except MemoryError:
+            return path, f"cannot read image {path}: out of memory while decoding it"
+        return path, torch.from_numpy(np.array(image, dtype=np.uint8))
+
+
+def _as_list(items: list[Any]) -> list[Any]:
+    return items
+
+
+def read_images(
+    paths: Sequence[Path], batch_size: int, num_workers: int
+) -> Iterator[list[tuple[Path, Image.Image | str]]]:
+    """Batches of ``(path, RGB image or reason)`` in the order of ``paths``, decoded by
+    ``num_workers`` background processes (0: in this process)."""
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    loader = DataLoader(
+        ImageFiles(paths),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_as_list,
+        prefetch_factor=2 if num_workers else None,
+    )
+    for batch in loader:
+        yield [
+            (path, Image.fromarray(item.numpy()) if isinstance(item, torch.Tensor) else item)
+            for path, item in batch
+        ]
+
+
+def shard(paths: Sequence[Path], rank: int, world_size: int) -> list[Path]:
+    """Process ``rank``'s disjoint share of ``paths``: items ``rank, rank + world, ...``."""
+    return list(paths[rank::world_size])
