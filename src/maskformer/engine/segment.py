@@ -35,7 +35,7 @@ def load_rgb_image(path: Path) -> Image.Image:
     the file when it cannot be decoded, whatever PIL's decoder raised."""
     try:
         return read_image(path)
-    except (OUT_OF_MEMORY, OSError, ValueError):
+    except (*OUT_OF_MEMORY, OSError, ValueError):
         raise
     except Exception as error:  # a corrupt file can fail in many ways inside PIL's decoders
         raise ValueError(f"cannot read image {path}: {first_line(error)}") from None
