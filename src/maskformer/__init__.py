@@ -24,6 +24,11 @@ _EXPORTS: dict[str, str] = {
     "MaskFormerForInstanceSegmentation": "maskformer.modeling.maskformer",
     "MaskFormerModelOutput": "maskformer.modeling.outputs",
     "MaskFormerForInstanceSegmentationOutput": "maskformer.modeling.outputs",
+    "MaskFormerSwinBackbone": "maskformer.modeling.swin_backbone",
+    "MaskFormerSwinModel": "maskformer.modeling.swin_backbone",
+    "MaskFormerSwinModelOutputWithPooling": "maskformer.modeling.outputs",
+    "MaskFormerSwinBaseModelOutput": "maskformer.modeling.outputs",
+    "BackboneOutput": "maskformer.modeling.outputs",
     # loss
     "MaskFormerHungarianMatcher": "maskformer.modeling.matcher",
     "MaskFormerLoss": "maskformer.modeling.criterion",
@@ -33,6 +38,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "BackboneOutput",
     "DetrConfig",
     "MaskFormerConfig",
     "MaskFormerFeatureExtractor",
@@ -44,7 +50,11 @@ __all__ = [
     "MaskFormerModel",
     "MaskFormerModelOutput",
     "MaskFormerPreTrainedModel",
+    "MaskFormerSwinBackbone",
+    "MaskFormerSwinBaseModelOutput",
     "MaskFormerSwinConfig",
+    "MaskFormerSwinModel",
+    "MaskFormerSwinModelOutputWithPooling",
     "ResNetConfig",
     "SwinConfig",
 ]
@@ -79,9 +89,13 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from maskformer.modeling.matcher import MaskFormerHungarianMatcher
     from maskformer.modeling.outputs import (
+        BackboneOutput,
         MaskFormerForInstanceSegmentationOutput,
         MaskFormerModelOutput,
+        MaskFormerSwinBaseModelOutput,
+        MaskFormerSwinModelOutputWithPooling,
     )
+    from maskformer.modeling.swin_backbone import MaskFormerSwinBackbone, MaskFormerSwinModel
     from maskformer.processing.image_processor import (
         MaskFormerFeatureExtractor,
         MaskFormerImageProcessor,

@@ -23,6 +23,7 @@ from maskformer.configuration import (
 from maskformer.modeling.criterion import MaskFormerLoss
 from maskformer.modeling.initialization import init_enabled
 from maskformer.modeling.matcher import MaskFormerHungarianMatcher
+from maskformer.modeling.model_utils import PreTrainedMethodsMixin
 from maskformer.modeling.outputs import (
     MaskFormerForInstanceSegmentationOutput,
     MaskFormerModelOutput,
@@ -34,11 +35,15 @@ from maskformer.modeling.pixel_decoder import (
     MaskFormerPixelDecoder,
 )
 from maskformer.modeling.resnet import ResNetBackbone
-from maskformer.modeling.swin import MaskFormerSwinBackbone
+from maskformer.modeling.swin_backbone import MaskFormerSwinBackbone
 from maskformer.modeling.transformer_decoder import MaskFormerTransformerModule
+from maskformer.utils.hub import PushToHubMixin
 
 ALL_STAGES = ["stage1", "stage2", "stage3", "stage4"]
 PIXEL_VALUES_SHAPE = "(batch_size, num_channels, height, width)"
+# Parameters without weight decay: those of normalisation layers and embeddings, and these names.
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
+NO_DECAY_PARAMETER_NAMES = ("relative_position_bias_table", "position_embeddings")
 
 
 # ---------------------------------------------------------------------- input checks
@@ -159,7 +164,7 @@ class MaskFormerPixelLevelModule(nn.Module):
         """``pixel_values`` ``(batch, channels, height, width)`` -> the last backbone map
         ``(batch, C, height/32, width/32)`` and the mask features
         ``(batch, mask_feature_size, height/4, width/4)`` (plus hidden states when asked)."""
-        features = self.encoder(pixel_values).feature_maps
+        features = self.encoder(pixel_values, return_dict=True).feature_maps
         decoded = self.decoder(list(features), output_hidden_states=output_hidden_states)
         return MaskFormerPixelLevelModuleOutput(
             encoder_last_hidden_state=features[-1],
@@ -190,30 +195,26 @@ class MaskformerMLPPredictionHead(nn.Sequential):
 # ---------------------------------------------------------------------- pretrained base
 
 
-class MaskFormerPreTrainedModel(nn.Module):
-    """Shared init, config handling and checkpoint I/O of the MaskFormer models."""
+def is_no_decay_module(module: nn.Module) -> bool:
+    """Normalisation layers (by type, or a class name ending in Norm / Norm2d) and embeddings."""
+    return isinstance(module, (*NORM_TYPES, nn.Embedding)) or type(module).__name__.endswith(
+        ("Norm", "Norm2d")
+    )
+
+
+class MaskFormerPreTrainedModel(PreTrainedMethodsMixin, PushToHubMixin, nn.Module):
+    """Shared init, config handling, checkpoint I/O and the reference model methods."""
 
     config_class = MaskFormerConfig
     base_model_prefix = "model"
     main_input_name = "pixel_values"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: MaskFormerConfig) -> None:
         super().__init__()
         if not isinstance(config, MaskFormerConfig):
             raise TypeError(f"config must be a MaskFormerConfig, got {type(config).__name__}")
         self.config = config
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
 
     def post_init(self) -> None:
         """Initialise every module not yet initialised (children before parents, so a parent's
@@ -225,6 +226,12 @@ class MaskFormerPreTrainedModel(nn.Module):
                 self._init_weights(module)
                 module._maskformer_initialized = True
 
+    def init_weights(self) -> None:
+        """Initialise the modules not initialised yet (none, once built), then tie weights."""
+        if init_enabled():
+            self.post_init()
+            self.tie_weights()
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.init_std
@@ -234,12 +241,12 @@ class MaskFormerPreTrainedModel(nn.Module):
                 nn.init.xavier_uniform_(module.input_projection.weight, gain=gain)
                 nn.init.zeros_(module.input_projection.bias)
         elif isinstance(module, MaskFormerFPNConvLayer):
-            nn.init.xavier_uniform_(module[0].weight, gain=1.0)
+            nn.init.xavier_uniform_(module[0].weight, gain=gain)
         elif isinstance(module, MaskFormerFPNLayer):
-            nn.init.xavier_uniform_(module.proj[0].weight, gain=1.0)
+            nn.init.xavier_uniform_(module.proj[0].weight, gain=gain)
         elif isinstance(module, MaskformerMLPPredictionHead):
             for block in module:
-                nn.init.xavier_uniform_(block[0].weight, gain=1.0)
+                nn.init.xavier_uniform_(block[0].weight, gain=gain)
                 nn.init.zeros_(block[0].bias)
         elif isinstance(module, (nn.Linear, nn.Conv2d, nn.BatchNorm2d)):
             module.weight.normal_(mean=0.0, std=std)
@@ -250,6 +257,25 @@ class MaskFormerPreTrainedModel(nn.Module):
         elif isinstance(module, nn.LayerNorm):
             module.weight.fill_(1.0)
             module.bias.zero_()
+
+    # -- optimiser grouping --
+    def no_weight_decay(self) -> set[str]:
+        """Full names of the parameters trained without weight decay: weights and biases of
+        normalisation layers, embeddings (the query embeddings), Swin's relative-position bias
+        tables and absolute position embeddings. Other biases keep weight decay."""
+        names = set()
+        for module_name, module in self.named_modules():
+            no_decay_module = is_no_decay_module(module)
+            for name, _ in module.named_parameters(recurse=False):
+                if no_decay_module or name.endswith(NO_DECAY_PARAMETER_NAMES):
+                    names.add(f"{module_name}.{name}" if module_name else name)
+        return names
+
+    def backbone_parameter_names(self) -> set[str]:
+        """Full names of the backbone's parameters (under ``pixel_level_module.encoder``)."""
+        backbone = self.base_model.pixel_level_module.encoder
+        ids = {id(parameter) for parameter in backbone.parameters()}
+        return {name for name, parameter in self.named_parameters() if id(parameter) in ids}
 
     def _output_flags(
         self,
@@ -266,9 +292,6 @@ class MaskFormerPreTrainedModel(nn.Module):
         if return_dict is None:
             return_dict = config.use_return_dict
         return bool(output_hidden_states), bool(output_attentions), bool(return_dict)
-
-    def gradient_checkpointing_enable(self, *args: Any, **kwargs: Any) -> None:
-        raise ValueError(f"{type(self).__name__} does not support gradient checkpointing.")
 
     # -- checkpoints (implemented in maskformer.checkpoint) --
     @classmethod

@@ -8,17 +8,42 @@ declaration order, and ``to_tuple()`` which drops the fields that are ``None``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
 Tensor = torch.Tensor
 
 
+def _flatten_output(output: Any) -> tuple[list[Any], list[str]]:
+    names = [field.name for field in dataclasses.fields(output)]
+    return [getattr(output, name) for name in names], names
+
+
+def _unflatten_output(cls: type, values: Any, names: list[str]) -> Any:
+    return cls(**dict(zip(names, values)))
+
+
 class ModelOutput:
-    """Dict-and-tuple behaviour shared by the output dataclasses (subclasses are dataclasses)."""
+    """Dict-and-tuple behaviour shared by the output dataclasses (subclasses are dataclasses).
+
+    Each subclass is registered as a pytree node, so ``torch.export`` and ``torch.compile`` see
+    through it to its tensors.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register = getattr(pytree, "register_pytree_node", None) or pytree._register_pytree_node
+        register(
+            cls,
+            _flatten_output,
+            functools.partial(_unflatten_output, cls),
+            serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        )
 
     def keys(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
@@ -63,16 +88,50 @@ class ModelOutput:
 
 
 @dataclass(eq=False)
-class MaskFormerSwinBackboneOutput(ModelOutput):
+class BackboneOutput(ModelOutput):
     """Backbone features: ``feature_maps`` is one ``(batch, channels_i, height_i, width_i)`` map per
-    requested stage; ``hidden_states`` the same maps for every stage when asked for."""
+    requested stage. ``hidden_states`` (when asked): for ResNet the stem and stage maps; for Swin
+    the reference's layout (see :class:`MaskFormerSwinModelOutputWithPooling`). ``attentions``
+    (Swin, when asked): one ``(batch*windows, heads, N, N)`` probability map per block."""
 
     feature_maps: tuple[Tensor, ...] | None = None
-    hidden_states: tuple[Tensor, ...] | None = None
+    hidden_states: tuple[Any, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
 
 
-BackboneOutput = MaskFormerSwinBackboneOutput
+MaskFormerSwinBackboneOutput = BackboneOutput
+
+
+@dataclass(eq=False)
+class MaskFormerSwinBaseModelOutput(ModelOutput):
+    """The Swin encoder's outputs: ``last_hidden_state`` ``(batch, h*w, C)`` tokens of the last
+    stage; ``hidden_states`` as in :class:`MaskFormerSwinModelOutputWithPooling`;
+    ``hidden_states_spatial_dimensions`` the ``(h, w)`` of the embeddings and after each stage."""
+
+    last_hidden_state: Tensor | None = None
+    hidden_states: tuple[Any, ...] | None = None
+    hidden_states_spatial_dimensions: tuple[tuple[int, int], ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+
+
+@dataclass(eq=False)
+class MaskFormerSwinModelOutputWithPooling(ModelOutput):
+    """Outputs of `MaskFormerSwinModel`.
+
+    - ``last_hidden_state``: ``(batch, h*w, C_last)``, the last stage's tokens after ``layernorm``.
+    - ``pooler_output``: ``(batch, C_last)``, their mean (None without a pooling layer).
+    - ``hidden_states`` (when asked): the embeddings ``(batch, h*w, C)``, then per stage a tuple
+      holding each block's input and output, ``(batch, h_i*w_i, C_i)`` tokens, as the reference.
+    - ``hidden_states_spatial_dimensions``: ``(h, w)`` of the embeddings, then after each stage
+      (after its patch merging).
+    - ``attentions`` (when asked): one ``(batch*windows, heads, N, N)`` map per block.
+    """
+
+    last_hidden_state: Tensor | None = None
+    pooler_output: Tensor | None = None
+    hidden_states: tuple[Any, ...] | None = None
+    hidden_states_spatial_dimensions: tuple[tuple[int, int], ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
 
 
 @dataclass(eq=False)

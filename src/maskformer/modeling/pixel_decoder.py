@@ -8,7 +8,6 @@ feature size: the per-pixel embeddings the mask logits are computed against.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -75,9 +74,10 @@ class MaskFormerPixelDecoder(nn.Module):
     ) -> MaskFormerPixelDecoderOutput:
         """``features``: backbone maps in stride order, each ``(batch, C_i, H_i, W_i)`` ->
         mask features ``(batch, mask_feature_size, H_0, W_0)`` at the finest map's size."""
-        if torch.is_grad_enabled():
+        if self.training:
             # Swin maps arrive channels_last; that suits the convolutions, but GroupNorm's
-            # backward on channels_last is slow on CPU, so training runs the FPN in NCHW.
+            # backward on channels_last is slow on CPU, so training runs the FPN in NCHW. (A
+            # module flag, not the grad mode, decides: traces must not depend on the grad mode.)
             features = [feature.contiguous() for feature in features]
         fpn_features = self.fpn(features)
         return MaskFormerPixelDecoderOutput(

@@ -175,11 +175,25 @@ class ResNetBackbone(nn.Module):
                 nn.init.zeros_(module.bias)
             module._maskformer_initialized = True
 
-    def forward(self, pixel_values: Tensor, output_hidden_states: bool = False) -> BackboneOutput:
+    def forward(
+        self,
+        pixel_values: Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BackboneOutput | tuple[tuple[Tensor, ...], ...]:
+        """``(batch, channels, height, width)`` -> ``feature_maps``, one ``(batch, C_i, H_i, W_i)``
+        map per stage in ``out_features`` (and with ``output_hidden_states`` the stem and all
+        stage maps). ResNet has no attentions: ``output_attentions`` is accepted and ignored."""
+        config = self.config
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
+        if return_dict is None:
+            return_dict = config.use_return_dict
         stem = self.embedder(pixel_values)
         maps = [stem, *self.encoder(stem)]
-        feature_maps = tuple(maps[i] for i in self.config.out_indices)
-        return BackboneOutput(
-            feature_maps=feature_maps,
-            hidden_states=tuple(maps) if output_hidden_states else None,
-        )
+        feature_maps = tuple(maps[i] for i in config.out_indices)
+        hidden_states = tuple(maps) if output_hidden_states else None
+        if not return_dict:
+            return (feature_maps,) + ((hidden_states,) if hidden_states is not None else ())
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states)

@@ -1,28 +1,29 @@
-"""The Swin Transformer backbone as MaskFormer uses it (four feature maps at strides 4 to 32).
+"""The Swin Transformer blocks as MaskFormer uses them (four feature maps at strides 4 to 32).
 
 Tokens travel between blocks as ``(batch, height, width, channels)``. Each block moves its
 tokens into (shifted) windows with one ``index_select`` (padding, cyclic shift and window
-partition at once, indices cached per map size) and back with another that also drops the
-padding. Window attention is one fused query/key/value matmul and a 4-D
-``scaled_dot_product_attention`` with a single additive bias per block: the relative position
-bias plus, for shifted blocks, the shifted-window mask (built in the activations' dtype so half
-precision works; cached while no gradient is needed). Stochastic depth grows linearly over the
-blocks and applies to both residual branches. Parameter names follow the Hugging Face checkpoint
-layout.
+partition at once, indices computed per stage from the map size) and back with another that
+also drops the padding. Window attention is a 4-D ``scaled_dot_product_attention`` with a single
+additive bias per block: the relative position bias plus, for shifted blocks, the shifted-window
+mask (built in the activations' dtype so half precision works). Nothing derived from the weights
+or the input is cached between calls, so the blocks trace (``torch.jit.trace``,
+``torch.export``) and follow ``load_state_dict``. Stochastic depth grows linearly over the blocks
+and applies to both residual branches. Parameter names follow the Hugging Face checkpoint layout;
+the model and backbone classes are in :mod:`maskformer.modeling.swin_backbone`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maskformer.configuration import MaskFormerSwinConfig, SwinConfig
-from maskformer.modeling.initialization import init_enabled
-from maskformer.modeling.outputs import MaskFormerSwinBackboneOutput
+from maskformer.configuration import SwinConfig
+from maskformer.modeling.model_utils import checkpointed, use_checkpointing
 
 SHIFT_MASK_VALUE = -100.0
 
@@ -162,9 +163,8 @@ class MaskFormerSwinEmbeddings(nn.Module):
 class MaskFormerSwinSelfAttention(nn.Module):
     """Query/key/value projections and the relative position bias of one window attention.
 
-    The three projections keep their checkpoint names (``query``, ``key``, ``value``) but run as
-    one matmul against their concatenated weights; without autograd the concatenation is cached
-    and rebuilt whenever a weight changes (load_state_dict, optimiser steps, ``.to()``).
+    The three projections keep their checkpoint names (``query``, ``key``, ``value``) and run as
+    three matmuls; nothing derived from the weights is kept between calls.
     """
 
     def __init__(self, config: SwinConfig, dim: int, num_heads: int, window_size: int) -> None:
@@ -184,7 +184,6 @@ class MaskFormerSwinSelfAttention(nn.Module):
         self.key = nn.Linear(dim, dim, bias=config.qkv_bias)
         self.value = nn.Linear(dim, dim, bias=config.qkv_bias)
         self.dropout_prob = config.attention_probs_dropout_prob
-        self._qkv_cache: tuple[tuple, Tensor, Tensor | None] | None = None
 
     def relative_position_bias(self) -> Tensor:
         """``(heads, ws*ws, ws*ws)``."""
@@ -192,40 +191,34 @@ class MaskFormerSwinSelfAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
         return bias.reshape(tokens, tokens, -1).permute(2, 0, 1)
 
-    def qkv_parameters(self) -> tuple[Tensor, Tensor | None]:
-        """Weight ``(3*dim, dim)`` and bias ``(3*dim,)`` of the fused query/key/value projection."""
-        layers = (self.query, self.key, self.value)
-        has_bias = self.query.bias is not None
-        if torch.is_grad_enabled() and any(layer.weight.requires_grad for layer in layers):
-            weight = torch.cat([layer.weight for layer in layers])
-            bias = torch.cat([layer.bias for layer in layers]) if has_bias else None
-            return weight, bias
-        tensors = [t for layer in layers for t in (layer.weight, layer.bias) if t is not None]
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-        if self._qkv_cache is None or self._qkv_cache[0] != key:
-            # Normal tensors even under inference_mode, so a later autograd pass may use them.
-            with torch.inference_mode(False), torch.no_grad():
-                weight = torch.cat([layer.weight for layer in layers])
-                bias = torch.cat([layer.bias for layer in layers]) if has_bias else None
-            self._qkv_cache = (key, weight, bias)
-        return self._qkv_cache[1], self._qkv_cache[2]
+    def _heads(self, x: Tensor) -> Tensor:
+        """``(count, tokens, dim)`` -> ``(count, heads, tokens, head_dim)``."""
+        count, tokens, _ = x.shape
+        return x.view(count, tokens, self.num_attention_heads, -1).transpose(1, 2)
 
-    def forward(self, windows: Tensor, attention_bias: Tensor) -> Tensor:
+    def forward(
+        self, windows: Tensor, attention_bias: Tensor, output_attentions: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """``windows`` ``(batch*windows, ws*ws, dim)``; ``attention_bias`` broadcastable to
-        ``(batch*windows, heads, ws*ws, ws*ws)``. Returns ``(batch*windows, ws*ws, dim)``."""
+        ``(batch*windows, heads, ws*ws, ws*ws)``. Returns ``(batch*windows, ws*ws, dim)`` and, when
+        asked, the attention probabilities ``(batch*windows, heads, ws*ws, ws*ws)``."""
         count, tokens, dim = windows.shape
-        weight, bias = self.qkv_parameters()
-        qkv = F.linear(windows, weight, bias)
-        qkv = qkv.view(count, tokens, 3, self.num_attention_heads, self.attention_head_size)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (count, heads, tokens, d)
-        context = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=attention_bias,
-            dropout_p=self.dropout_prob if self.training else 0.0,
-        )
-        return context.transpose(1, 2).reshape(count, tokens, dim)
+        query = self._heads(self.query(windows))
+        key = self._heads(self.key(windows))
+        value = self._heads(self.value(windows))
+        dropout = self.dropout_prob if self.training else 0.0
+        probabilities = None
+        if output_attentions:
+            scores = torch.matmul(query * self.attention_head_size**-0.5, key.transpose(-1, -2))
+            probabilities = (scores + attention_bias).softmax(dim=-1)
+            context = torch.matmul(F.dropout(probabilities, dropout, self.training), value)
+        else:
+            context = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_bias, dropout_p=dropout
+            )
+        return context.transpose(1, 2).clone(memory_format=torch.contiguous_format).view(
+            count, tokens, dim
+        ), probabilities
 
 
 class MaskFormerSwinSelfOutput(nn.Module):
@@ -244,8 +237,11 @@ class MaskFormerSwinAttention(nn.Module):
         self.self = MaskFormerSwinSelfAttention(config, dim, num_heads, window_size)
         self.output = MaskFormerSwinSelfOutput(config, dim)
 
-    def forward(self, windows: Tensor, attention_bias: Tensor) -> Tensor:
-        return self.output(self.self(windows, attention_bias))
+    def forward(
+        self, windows: Tensor, attention_bias: Tensor, output_attentions: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        context, probabilities = self.self(windows, attention_bias, output_attentions)
+        return self.output(context), probabilities
 
 
 class MaskFormerSwinIntermediate(nn.Module):
@@ -274,14 +270,18 @@ class WindowLayout:
 
     The reference pads the map to a multiple of the window size, rolls it by ``-shift`` and cuts
     it into windows; ``gather`` does all three at once: row ``i`` of the windowed tokens
-    ``(windows*ws*ws,)`` is token ``gather[i]`` of the flattened map, and the rows listed in
-    ``padding`` are padding (zeros). ``scatter`` ``(height*width,)`` is the inverse: the windowed
-    row of each map token. ``shift_mask`` is ``(windows, 1, N, N)`` for shifted layouts, else None.
+    ``(windows*ws*ws,)`` is token ``gather[i]`` of the flattened map, and ``keep``
+    ``(windows*ws*ws, 1)`` is 0 on the padding rows (1 elsewhere; None without padding).
+    ``scatter`` ``(height*width,)`` is the inverse: the windowed row of each map token.
+    ``shift_mask`` is ``(windows, 1, N, N)`` for shifted layouts, else None.
+
+    Everything is a function of the map size, window and shift only (index arithmetic, no
+    data-dependent shapes), so it traces and exports; it is rebuilt on every forward pass.
     """
 
     num_windows: int
     gather: Tensor
-    padding: Tensor | None
+    keep: Tensor | None
     scatter: Tensor
     shift_mask: Tensor | None
 
@@ -298,20 +298,25 @@ def window_layout(
     ws = window_size
     padded_h, padded_w = math.ceil(height / ws) * ws, math.ceil(width / ws) * ws
     grid_h, grid_w = padded_h // ws, padded_w // ws
+    # Windowed position (window row, window col, row in window, col in window) -> padded map row
+    # and column before the roll.
     rows = (torch.arange(padded_h, device=device) + shift) % padded_h
     cols = (torch.arange(padded_w, device=device) + shift) % padded_w
     rows = rows.view(grid_h, 1, ws, 1).expand(grid_h, grid_w, ws, ws).reshape(-1)
     cols = cols.view(1, grid_w, 1, ws).expand(grid_h, grid_w, ws, ws).reshape(-1)
     inside = (rows < height) & (cols < width)
-    source = torch.where(inside, rows * width + cols, torch.zeros_like(rows))
-    positions = torch.arange(source.numel(), device=device)
-    scatter = torch.empty(height * width, dtype=torch.int64, device=device)
-    scatter[source[inside]] = positions[inside]
-    padding = None if (padded_h, padded_w) == (height, width) else positions[~inside]
+    gather = torch.where(inside, rows * width + cols, torch.zeros_like(rows))
+    keep = None if (padded_h, padded_w) == (height, width) else inside.to(dtype).unsqueeze(1)
+    # The inverse, by the same arithmetic: map token (r, c) sits at rolled row (r - shift) mod Hp.
+    rolled_r = (torch.arange(height, device=device) - shift) % padded_h
+    rolled_c = (torch.arange(width, device=device) - shift) % padded_w
+    window = (rolled_r // ws)[:, None] * grid_w + (rolled_c // ws)[None, :]
+    within = (rolled_r % ws)[:, None] * ws + (rolled_c % ws)[None, :]
+    scatter = (window * (ws * ws) + within).reshape(-1)
     shift_mask = None
     if shift:
         shift_mask = shifted_window_mask(padded_h, padded_w, ws, shift, dtype, device).unsqueeze(1)
-    return WindowLayout(grid_h * grid_w, source, padding, scatter, shift_mask)
+    return WindowLayout(grid_h * grid_w, gather, keep, scatter, shift_mask)
 
 
 class MaskFormerSwinLayer(nn.Module):
@@ -332,46 +337,39 @@ class MaskFormerSwinLayer(nn.Module):
         self.layernorm_after = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.intermediate = MaskFormerSwinIntermediate(config, dim)
         self.output = MaskFormerSwinOutput(config, dim)
-        self._bias_cache: tuple[tuple, Tensor] | None = None
 
     def attention_bias(self, layout: WindowLayout, batch: int, dtype: torch.dtype) -> Tensor:
         """``(1, heads, N, N)`` relative position bias, plus the shift mask for shifted blocks
-        (``(batch*windows, heads, N, N)``). Cached while no gradient is needed."""
-        table = self.attention.self.relative_position_bias_table
-        needs_grad = torch.is_grad_enabled() and table.requires_grad
-        key = (table.data_ptr(), table._version, id(layout), batch, dtype)
-        if not needs_grad and self._bias_cache is not None and self._bias_cache[0] == key:
-            return self._bias_cache[1]
-        # A normal tensor even under inference_mode, so later autograd passes may use it.
-        with torch.inference_mode(False), torch.set_grad_enabled(needs_grad):
-            bias = self.attention.self.relative_position_bias().to(dtype).unsqueeze(0)
-            if layout.shift_mask is not None:
-                bias = bias + layout.shift_mask  # (windows, heads, N, N)
-                if batch > 1:
-                    bias = bias.repeat(batch, 1, 1, 1)
-        if not needs_grad:
-            self._bias_cache = (key, bias)
-        return bias
+        (``(batch*windows, heads, N, N)``), computed from the current table on every call."""
+        bias = self.attention.self.relative_position_bias().to(dtype).unsqueeze(0)
+        if layout.shift_mask is None:
+            return bias
+        bias = bias + layout.shift_mask  # (windows, heads, N, N)
+        # One copy per image (a view for a single image): the fused attention wants 4-D masks.
+        return bias.unsqueeze(0).expand(batch, -1, -1, -1, -1).flatten(0, 1)
 
-    def forward(self, hidden_states: Tensor, layout: WindowLayout) -> Tensor:
+    def forward(
+        self, hidden_states: Tensor, layout: WindowLayout, output_attentions: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """``(batch, height, width, dim)`` -> same shape; ``layout`` is this block's
-        :class:`WindowLayout` for the map size."""
+        :class:`WindowLayout` for the map size. Also returns the attention probabilities
+        ``(batch*windows, heads, N, N)`` when asked."""
         batch, height, width, dim = hidden_states.shape
         tokens = self.window_size * self.window_size
         flat = hidden_states.reshape(batch, height * width, dim)
         windows = self.layernorm_before(flat).index_select(1, layout.gather)
-        if layout.padding is not None:
-            windows.index_fill_(1, layout.padding, 0.0)  # the fresh gather output: in place
+        if layout.keep is not None:
+            windows.mul_(layout.keep)  # zero the padding tokens (a fresh tensor: in place)
         windows = windows.view(batch * layout.num_windows, tokens, dim)
         bias = self.attention_bias(layout, batch, windows.dtype)
-        context = self.attention.self(windows, bias)
+        context, probabilities = self.attention.self(windows, bias, output_attentions)
         context = context.view(batch, layout.num_windows * tokens, dim)
         # Back to map order (dropping padding) before the output projection: fewer rows.
         attended = self.attention.output(context.index_select(1, layout.scatter))
         flat = flat + self.drop_path(attended)
         mlp = self.output(self.intermediate(self.layernorm_after(flat)))
         flat = flat + self.drop_path(mlp)
-        return flat.view(batch, height, width, dim)
+        return flat.view(batch, height, width, dim), probabilities
 
 
 class MaskFormerSwinPatchMerging(nn.Module):
@@ -389,6 +387,18 @@ class MaskFormerSwinPatchMerging(nn.Module):
             x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
         return self.reduction(self.norm(x))
+
+
+@dataclass
+class StageOutput:
+    """One stage's results: ``hidden_states`` ``(batch, h, w, dim)`` before merging, ``merged``
+    (the next stage's input), and when asked ``block_states`` (each block's input and output as
+    ``(batch, h*w, dim)`` tokens) and ``attentions`` (one per block)."""
+
+    hidden_states: Tensor
+    merged: Tensor
+    block_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
 
 
 class MaskFormerSwinStage(nn.Module):
@@ -418,27 +428,52 @@ class MaskFormerSwinStage(nn.Module):
             for index in range(depth)
         )
         self.downsample = MaskFormerSwinPatchMerging(dim) if downsample else None
-        self._layout_cache: dict[int, tuple[tuple, WindowLayout]] = {}
 
     def layout(self, hidden_states: Tensor, shift: int) -> WindowLayout:
-        """The :class:`WindowLayout` for this map size and ``shift``, cached per
-        size/dtype/device."""
+        """The :class:`WindowLayout` for this ``(batch, h, w, dim)`` map and ``shift``."""
         height, width = hidden_states.shape[1:3]
-        key = (height, width, hidden_states.dtype, hidden_states.device)
-        cached = self._layout_cache.get(shift)
-        if cached is None or cached[0] != key:
-            with torch.inference_mode(False):  # normal tensors, usable by autograd later
-                layout = window_layout(height, width, self.window_size, shift, *key[2:])
-            cached = (key, layout)
-            self._layout_cache[shift] = cached
-        return cached[1]
+        return window_layout(
+            height, width, self.window_size, shift, hidden_states.dtype, hidden_states.device
+        )
 
-    def forward(self, hidden_states: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns (stage output before merging, merged input of the next stage)."""
+    def forward(
+        self,
+        hidden_states: Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        checkpoint_kwargs: dict[str, Any] | None = None,
+    ) -> StageOutput:
+        """``(batch, h, w, dim)`` -> :class:`StageOutput`. With ``checkpoint_kwargs`` (a dict,
+        possibly empty) each block runs under gradient checkpointing."""
+        shifts = {block.shift_size for block in self.blocks}
+        layouts = {shift: self.layout(hidden_states, shift) for shift in shifts}
+        block_states: list[Tensor] = []
+        attentions: list[Tensor] = []
         for block in self.blocks:
-            hidden_states = block(hidden_states, self.layout(hidden_states, block.shift_size))
+            if output_hidden_states:
+                block_states.append(hidden_states.flatten(1, 2))
+            layout = layouts[block.shift_size]
+            if checkpoint_kwargs is not None:
+                hidden_states, probabilities = checkpointed(
+                    block,
+                    hidden_states,
+                    layout,
+                    output_attentions,
+                    checkpoint_kwargs=checkpoint_kwargs,
+                )
+            else:
+                hidden_states, probabilities = block(hidden_states, layout, output_attentions)
+            if output_hidden_states:
+                block_states.append(hidden_states.flatten(1, 2))
+            if output_attentions:
+                attentions.append(probabilities)
         merged = self.downsample(hidden_states) if self.downsample is not None else hidden_states
-        return hidden_states, merged
+        return StageOutput(
+            hidden_states,
+            merged,
+            tuple(block_states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None,
+        )
 
 
 class MaskFormerSwinEncoder(nn.Module):
@@ -461,78 +496,22 @@ class MaskFormerSwinEncoder(nn.Module):
             )
             for index in range(num_stages)
         )
-
-    def forward(self, hidden_states: Tensor) -> list[Tensor]:
-        """All stage outputs (before merging), each ``(batch, h_i, w_i, dim_i)``."""
-        stage_outputs = []
-        for stage in self.layers:
-            stage_output, hidden_states = stage(hidden_states)
-            stage_outputs.append(stage_output)
-        return stage_outputs
-
-
-class MaskFormerSwinModel(nn.Module):
-    """Embeddings and stages. ``layernorm`` is kept only so checkpoints that hold it load; the
-    backbone never applies it (nor does the reference use its output)."""
-
-    def __init__(self, config: SwinConfig) -> None:
-        super().__init__()
-        self.embeddings = MaskFormerSwinEmbeddings(config)
-        self.encoder = MaskFormerSwinEncoder(config)
-        self.num_features = int(config.embed_dim * 2 ** (len(config.depths) - 1))
-        self.layernorm = nn.LayerNorm(self.num_features, eps=config.layer_norm_eps)
-        # Never used in the forward pass: frozen so DistributedDataParallel sees no unused
-        # trainable parameters.
-        self.layernorm.requires_grad_(False)
-
-    def forward(self, pixel_values: Tensor) -> list[Tensor]:
-        return self.encoder(self.embeddings(pixel_values))
-
-
-class MaskFormerSwinBackbone(nn.Module):
-    """Swin backbone returning the normed ``(batch, C_i, H_i, W_i)`` map of each requested stage."""
-
-    def __init__(self, config: SwinConfig | MaskFormerSwinConfig) -> None:
-        super().__init__()
-        if "stem" in config.out_features:
-            raise ValueError("This backbone does not support 'stem' in out_features")
-        self.config = config
-        self.model = MaskFormerSwinModel(config)
-        self.num_features = [int(config.embed_dim * 2**i) for i in range(len(config.depths))]
-        self.channels = [self.num_features[i - 1] for i in config.out_indices]
-        self.hidden_states_norms = nn.ModuleList(nn.LayerNorm(dim) for dim in self.num_features)
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        """Linear/Conv2d: normal(0, initializer_range), bias 0; LayerNorm: 1, 0; bias table 0."""
-        if not init_enabled():
-            return
-        std = self.config.initializer_range
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif (
-                isinstance(module, MaskFormerSwinEmbeddings)
-                and module.position_embeddings is not None
-            ):
-                nn.init.zeros_(module.position_embeddings)
-            module._maskformer_initialized = True
+        self.gradient_checkpointing = False
+        self.checkpoint_kwargs: dict[str, Any] = {}
 
     def forward(
-        self, pixel_values: Tensor, output_hidden_states: bool = False
-    ) -> MaskFormerSwinBackboneOutput:
-        stage_outputs = self.model(pixel_values)
-        maps = [
-            norm(output).permute(0, 3, 1, 2)
-            for norm, output in zip(self.hidden_states_norms, stage_outputs)
-        ]
-        feature_maps = tuple(maps[i - 1] for i in self.config.out_indices)
-        return MaskFormerSwinBackboneOutput(
-            feature_maps=feature_maps,
-            hidden_states=tuple(maps) if output_hidden_states else None,
-        )
+        self,
+        hidden_states: Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> list[StageOutput]:
+        """``(batch, h, w, C)`` embeddings -> one :class:`StageOutput` per stage."""
+        checkpoint_kwargs = self.checkpoint_kwargs if use_checkpointing(self) else None
+        outputs = []
+        for stage in self.layers:
+            output = stage(
+                hidden_states, output_attentions, output_hidden_states, checkpoint_kwargs
+            )
+            outputs.append(output)
+            hidden_states = output.merged
+        return outputs

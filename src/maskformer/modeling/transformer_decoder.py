@@ -9,13 +9,14 @@ explicit softmax path is used only when attention weights are requested.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskformer.configuration import DetrConfig
+from maskformer.modeling.model_utils import checkpointed, use_checkpointing
 from maskformer.modeling.outputs import DetrDecoderOutput
 from maskformer.modeling.swin import activation_module
 
@@ -24,10 +25,9 @@ class MaskFormerSinePositionEmbedding(nn.Module):
     """The DETR sine/cosine 2-D position encoding of an unmasked ``(h, w)`` grid.
 
     Output ``(1, h*w, 2*num_pos_feats)``: ``[pos_y, pos_x]``, each interleaving ``sin`` (even
-    features) and ``cos`` (odd features). Results are cached per ``(h, w, dtype, device)``.
+    features) and ``cos`` (odd features). Computed on every call (a few small ops; no cache, so
+    it traces).
     """
-
-    _CACHE_SIZE = 8
 
     def __init__(
         self,
@@ -43,21 +43,10 @@ class MaskFormerSinePositionEmbedding(nn.Module):
         self.temperature = temperature
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
-        self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
 
     def flat(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """``(1, height*width, 2*num_pos_feats)``, cached."""
-        key = (height, width, dtype, device)
-        cached = self._cache.get(key)
-        if cached is None:
-            with torch.inference_mode(False):  # a normal tensor, usable by autograd later
-                cached = self._compute(height, width, device).to(dtype)
-            self._cache[key] = cached
-            while len(self._cache) > self._CACHE_SIZE:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
-        return cached
+        """``(1, height*width, 2*num_pos_feats)`` in ``dtype`` (computed in float32)."""
+        return self._compute(height, width, device).to(dtype)
 
     def _compute(self, height: int, width: int, device: torch.device) -> Tensor:
         y_embed = torch.arange(1, height + 1, dtype=torch.float32, device=device)
@@ -134,7 +123,11 @@ class DetrAttention(nn.Module):
             context = torch.matmul(F.dropout(weights, p=dropout, training=self.training), v)
         else:
             context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        context = context.transpose(1, 2).reshape(batch, length, self.embed_dim)
+        context = (
+            context.transpose(1, 2)
+            .clone(memory_format=torch.contiguous_format)
+            .view(batch, length, self.embed_dim)
+        )
         return self.out_proj(context), weights
 
 
@@ -198,6 +191,8 @@ class DetrDecoder(nn.Module):
         self.layerdrop = config.decoder_layerdrop
         self.layers = nn.ModuleList(DetrDecoderLayer(config) for _ in range(config.decoder_layers))
         self.layernorm = nn.LayerNorm(config.d_model)
+        self.gradient_checkpointing = False
+        self.checkpoint_kwargs: dict[str, Any] = {}
 
     def forward(
         self,
@@ -222,14 +217,22 @@ class DetrDecoder(nn.Module):
         intermediate: list[Tensor] = []
         auxiliary_states: list[Tensor] = []
         num_layers = len(self.layers)
+        checkpointing = use_checkpointing(self)
         for index, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             if self.training and self.layerdrop > 0 and torch.rand([]) < self.layerdrop:
                 continue
-            hidden_states, weights = layer(
-                hidden_states, query_position, memory, memory_with_position, output_attentions
-            )
+            arguments = (hidden_states, query_position, memory, memory_with_position)
+            if checkpointing:
+                hidden_states, weights = checkpointed(
+                    layer,
+                    *arguments,
+                    output_attentions,
+                    checkpoint_kwargs=self.checkpoint_kwargs,
+                )
+            else:
+                hidden_states, weights = layer(*arguments, output_attentions)
             if output_attentions:
                 all_attentions.append(weights)
             normed = None
@@ -286,7 +289,8 @@ class MaskFormerTransformerModule(nn.Module):
         )
         memory = image_features.flatten(2).transpose(1, 2)
         query_position = self.queries_embedder.weight.unsqueeze(0).expand(batch, -1, -1)
-        inputs_embeds = torch.zeros_like(query_position)
+        # A leaf that requires grad, as in the reference: hidden_states[0] can retain_grad().
+        inputs_embeds = torch.zeros_like(query_position, requires_grad=True)
         return self.decoder(
             inputs_embeds,
             query_position.to(memory.dtype),
