@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import SHARED_DATA, requires_shared_data
 from PIL import Image
+from test_cli_export import save_decisive_checkpoint
 
 from maskformer.cli import main
 
@@ -18,27 +19,6 @@ pytestmark = requires_shared_data
 
 PHOTOS = SHARED_DATA / "ade20k_sample" / "images"
 SIZE = (96, 128)
-
-
-def save_decisive_checkpoint(folder: Path, preset: str = "tiny-resnet") -> Path:
-    """A tiny random checkpoint whose queries commit to different classes and sharp masks, so
-    its label maps hold several classes with clear margins (an untrained model paints one class
-    everywhere, which would make any comparison of label maps vacuous)."""
-    from maskformer import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
-    from maskformer.presets import get_preset
-
-    torch.manual_seed(0)
-    model = MaskFormerForInstanceSegmentation(get_preset(preset, num_labels=5))
-    with torch.no_grad():
-        model.class_predictor.bias[-1] = -4.0
-        model.class_predictor.weight.mul_(30.0)
-        for parameter in model.mask_embedder.parameters():
-            parameter.mul_(4.0)
-    model.save_pretrained(folder)
-    MaskFormerImageProcessor(size={"shortest_edge": 96, "longest_edge": 160}).save_pretrained(
-        folder
-    )
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -202,7 +202,9 @@ def export_model(
     wrapper = _LogitsOnly(model).eval()
     with torch.inference_mode():
         expected = [wrapper(pixel_values[i : i + 1]) for i in range(len(images))]
-    example = pixel_values[:1].clone()
+    # A dynamic batch is traced at batch 2: an example of batch 1 would let the tracer treat
+    # the batch as the constant 1 wherever a size-1 dimension can broadcast.
+    example = pixel_values[:1].repeat(2 if dynamic_batch else 1, 1, 1, 1)
     metadata = _metadata(model, processor, size)
     with tempfile.TemporaryDirectory(prefix="maskformer-export-") as folder:
         temporary = str(Path(folder) / f"model{output.suffix}")
