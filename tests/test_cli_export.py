@@ -17,7 +17,9 @@ from maskformer.cli import main
 PHOTOS = SHARED_DATA / "ade20k_sample" / "images"
 
 
-def save_decisive_checkpoint(folder: Path, preset: str = "tiny-resnet") -> Path:
+def save_decisive_checkpoint(
+    folder: Path, preset: str = "tiny-resnet", num_labels: int = 5
+) -> Path:
     """A tiny random checkpoint whose queries commit to different classes and sharp masks, so
     its label maps hold several classes with clear margins (an untrained model paints one class
     everywhere, which would make any comparison of label maps vacuous)."""
@@ -25,7 +27,7 @@ def save_decisive_checkpoint(folder: Path, preset: str = "tiny-resnet") -> Path:
     from maskformer.presets import get_preset
 
     torch.manual_seed(0)
-    model = MaskFormerForInstanceSegmentation(get_preset(preset, num_labels=5))
+    model = MaskFormerForInstanceSegmentation(get_preset(preset, num_labels=num_labels))
     with torch.no_grad():
         model.class_predictor.bias[-1] = -4.0
         model.class_predictor.weight.mul_(30.0)

@@ -24,7 +24,8 @@ SIZE = (96, 128)
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint folder, .onnx exported from it by the command line at ``SIZE``)."""
-    folder = save_decisive_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+    # 150 classes, as in the ADE20K sample, so `evaluate` can score it there.
+    folder = save_decisive_checkpoint(tmp_path_factory.mktemp("checkpoint"), num_labels=150)
     output = tmp_path_factory.mktemp("onnx") / "model.onnx"
     photos = [str(p) for p in sorted(PHOTOS.glob("*.jpg"))]
     code = main(
@@ -89,6 +90,30 @@ def test_onnxruntime_panoptic_matches_pytorch(exported, tmp_path) -> None:
         assert (ours == theirs).all(-1).mean() >= 0.999
 
 
+def test_onnxruntime_evaluate_scores_what_pytorch_scores(exported, tmp_path) -> None:
+    import json
+
+    from maskformer.engine.evaluate import EvaluateOptions, evaluate_model
+    from maskformer.engine.loading import load_model, load_processor
+
+    folder, onnx_file = exported
+    output = tmp_path / "figures.json"
+    code = main(
+        ["evaluate", "--backend", "onnxruntime", "--model", str(onnx_file), "--data"]
+        + [str(PHOTOS.parent), "--format", "ade20k", "--task", "semantic", "--output"]
+        + [str(output), "--no-progress"]
+    )
+    assert code == 0
+    figures = json.loads(output.read_text())
+    model = load_model(folder)
+    model.input_size = SIZE  # the same fixed-size preparation
+    options = EvaluateOptions(task="semantic", data_format="ade20k", progress=False)
+    expected = evaluate_model(model, load_processor(folder), PHOTOS.parent, options)
+    # Label maps agree to tie pixels (see above); each such pixel moves an IoU by under
+    # 1 / (pixels of the class) < 1e-3 on these photos.
+    assert abs(figures["mIoU"] - expected["mIoU"]) < 1e-3
+
+
 def test_runtime_model_splits_a_batch_for_a_batch_one_file(exported) -> None:
     from maskformer.export import fixed_size_inputs
     from maskformer.onnx_backend import OnnxRuntimeModel
@@ -100,7 +125,7 @@ def test_runtime_model_splits_a_batch_for_a_batch_one_file(exported) -> None:
     pixel_values, _ = fixed_size_inputs(runtime.processor(), photos, SIZE)
     both = runtime(pixel_values=pixel_values)
     second = runtime(pixel_values=pixel_values[1:])
-    assert both.masks_queries_logits.shape[:2] == (2, 16)
+    assert both.class_queries_logits.shape == (2, 16, 151)
     # One image run alone or as the second of two goes through the same session call.
     assert torch.equal(both.masks_queries_logits[1:], second.masks_queries_logits)
     with pytest.raises(ValueError, match=r"exported at \(96, 128\)"):
