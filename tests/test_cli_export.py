@@ -117,6 +117,8 @@ def test_a_size_that_does_not_fit_the_swin_patches_is_one_line(
         (["--width", "64"], "--width needs --height"),
         (["--format", "tflite"], "--format"),
         (["--check-images", "/nonexistent/photo.jpg"], "/nonexistent/photo.jpg"),
+        (["--tolerance", "-1"], "--tolerance"),
+        (["--output", "/nonexistent/m.bin"], "must end in .onnx"),
     ],
 )
 def test_bad_export_arguments_are_one_line(
@@ -166,5 +168,6 @@ def test_a_model_that_cannot_be_exported_is_a_value_error(tmp_path, export_forma
     if export_format == "onnx":
         pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
     with pytest.raises(ValueError, match="this model cannot be exported"):
-        export_model(_DataDependent(), processor, tmp_path / "m.bin", export_format, (32, 32))
+        output = tmp_path / ("m.onnx" if export_format == "onnx" else "m.pt2")
+        export_model(_DataDependent(), processor, output, export_format, (32, 32))
     assert list(tmp_path.iterdir()) == []

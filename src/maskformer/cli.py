@@ -21,6 +21,7 @@ from maskformer.cli_types import (
     ArgumentParser,
     UsageError,
     non_negative_int,
+    positive_float,
     positive_int,
     probability,
 )
@@ -409,7 +410,7 @@ def _add_export_parser(commands: Any) -> None:
     )
     export.add_argument(
         "--tolerance",
-        type=float,
+        type=positive_float,
         default=DEFAULT_TOLERANCE,
         help="largest logit difference allowed, relative to the logits' scale",
     )

@@ -196,6 +196,8 @@ def export_model(
     output = Path(output)
     if output.is_dir():
         raise ValueError(f"--output {output} is a folder; give a file name")
+    if format == "onnx" and output.suffix != ".onnx":
+        raise ValueError(f"--output {output}: an ONNX file's name must end in .onnx")
     model = model.float().eval()
     images = _check_images(check_images, size)
     pixel_values, _ = fixed_size_inputs(processor, images, size)
