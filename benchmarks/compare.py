@@ -9,13 +9,20 @@ matmul peak, measured in the same run with a large ``torch.mm``.
 Every measurement runs in a fresh child process, so the peak-memory figures do not see each
 other's allocations (Linux: the peak is reset through ``/proc/self/clear_refs`` before timing);
 ours and the reference alternate for ``--rounds`` rounds and their timed runs are pooled, so
-drifts in the machine's load hit both sides alike. ``--compile`` adds rows for ours under
+drifts in the machine's load hit both sides alike. ``cpu_ratio`` is the same ratio on the
+process's CPU time, which other processes' load disturbs less than wall time.
+
+On the swin-tiny forward and the end-to-end workloads, extra rows (``--variants``) time ours with
+bfloat16 weights (skipped, with the reason, on a CPU without bfloat16 instructions) and ONNX
+Runtime (float32) running the same checkpoint exported by ``maskformer.export``, with their
+agreement with the reference (max abs logit difference; identical panoptic PNG pixels). ``--compile`` adds rows for ours under
 ``torch.compile`` (an opt-in path) on the forward workloads.
 
     python benchmarks/compare.py                      # all workloads, 2 threads
     python benchmarks/compare.py --threads 1 --workloads tiny-forward train-step
     python benchmarks/compare.py --markdown           # the README's Performance table
     python benchmarks/compare.py --markdown --compile --repeats 5 --rounds 2
+    python benchmarks/compare.py --workloads swin-tiny-forward end-to-end --markdown  # deploy rows
 
 Requires the test extra (transformers==4.34.1 is the reference).
 """
@@ -39,6 +46,13 @@ SAMPLE_DATA = REPO_ROOT.parent / "shared" / "data"
 
 WORKLOADS = ("swin-tiny-forward", "tiny-forward", "train-step", "end-to-end")
 FORWARD_WORKLOADS = ("swin-tiny-forward", "tiny-forward")
+# Extra rows (``--variants``): ours with bfloat16 weights, and the same checkpoint exported to
+# ONNX and run by ONNX Runtime (float32), on the workloads that a deployment runs.
+VARIANTS = ("ours-bf16", "onnxruntime")
+VARIANT_WORKLOADS = ("swin-tiny-forward", "end-to-end")
+# The end-to-end ONNX file's fixed size: the default processor makes the landscape sample photos
+# 800 x 1066, padded to 800 x 1088, so this size runs them exactly as PyTorch's batch does.
+END_TO_END_ONNX_SIZE = (800, 1088)
 
 # --------------------------------------------------------------------------------------------
 # Configurations (as plain dicts in the reference's config.json layout, so both sides read them)
@@ -156,6 +170,14 @@ def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 10) -> flo
 
 
 def _load_model(impl: str, checkpoint: Path):
+    import torch
+
+    if impl == "ours-bf16":  # the library's reduced-precision path: bfloat16 weights
+        from maskformer import MaskFormerForInstanceSegmentation
+
+        return MaskFormerForInstanceSegmentation.from_pretrained(
+            checkpoint, torch_dtype=torch.bfloat16
+        )
     if impl.startswith("ours"):
         from maskformer import MaskFormerForInstanceSegmentation
     else:
@@ -163,12 +185,28 @@ def _load_model(impl: str, checkpoint: Path):
     return MaskFormerForInstanceSegmentation.from_pretrained(checkpoint)
 
 
+def _onnx_model(path: Path, threads: int):
+    from maskformer.onnx_backend import OnnxRuntimeModel
+
+    return OnnxRuntimeModel(path, threads=threads)
+
+
 def _forward_workload(impl: str, checkpoint: Path, size: int, batch: int):
     import torch
 
-    model = _load_model(impl, checkpoint).eval()
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(batch, 3, size, size, generator=generator)
+    if impl == "onnxruntime":
+        session = _onnx_model(checkpoint, torch.get_num_threads())
+
+        def run_onnx():
+            out = session(pixel_values=pixel_values)
+            return out.class_queries_logits, out.masks_queries_logits
+
+        return run_onnx, None
+    model = _load_model(impl, checkpoint).eval()
+    if impl == "ours-bf16":
+        pixel_values = pixel_values.to(torch.bfloat16)
     counted = model
     if impl == "ours-compiled":  # opt-in path; the first (untimed) run compiles
         model = torch.compile(model)
@@ -229,12 +267,16 @@ def _end_to_end_workload(impl: str, checkpoint: Path, count: int):
 
     photos = _photo_paths(count)
     out_dir = Path(tempfile.mkdtemp(prefix=f"e2e-{impl}-"))
-    if impl == "ours":
-        from maskformer import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
+    if impl in ("ours", "ours-bf16", "onnxruntime"):
+        from maskformer import MaskFormerImageProcessor
         from maskformer.engine.predict import PredictOptions, predict_images
 
-        model = MaskFormerForInstanceSegmentation.from_pretrained(checkpoint).eval()
-        processor = MaskFormerImageProcessor()
+        if impl == "onnxruntime":  # `maskformer predict --backend onnxruntime`
+            model = _onnx_model(checkpoint, torch.get_num_threads())
+            processor = model.processor()
+        else:
+            model = _load_model(impl, checkpoint).eval()
+            processor = MaskFormerImageProcessor()
         options = PredictOptions(
             task="panoptic",
             output_dir=out_dir,
@@ -299,6 +341,8 @@ def _panoptic_pngs(folder: Path, photos: list[Path]) -> tuple:
 
 
 def build_workload(name: str, impl: str, checkpoints: dict[str, Path]):
+    if impl == "onnxruntime":
+        checkpoints = {k: checkpoints[f"{k}-onnx"] for k in ("swin-tiny", "tiny")}
     if name == "swin-tiny-forward":
         return _forward_workload(impl, checkpoints["swin-tiny"], size=512, batch=1)
     if name == "tiny-forward":
@@ -325,14 +369,15 @@ def _measure_in_child(queue, name, impl, checkpoints, threads, repeats, warmup, 
             run()
         rss_before = _rss_kib("VmRSS")
         peak_reset = _reset_peak_rss()
-        times = []
+        times, cpu_times = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             run()
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
         if peak_reset:
             result["peak_mib"] = max(_rss_kib("VmHWM") - rss_before, 0) / 1024
-        result["times"] = times
+        result["times"], result["cpu_times"] = times, cpu_times
         if count_flops and count is not None:
             from torch.utils.flop_counter import FlopCounterMode
 
@@ -367,18 +412,21 @@ def measure(name, impl, checkpoints, threads, repeats, warmup, count_flops) -> d
     return result
 
 
-def measure_pair(name, checkpoints, args) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Alternate ours / reference children for ``args.rounds`` rounds, so slow drifts of the
-    machine's load hit both sides alike; pool the timed runs and keep the largest peak."""
-    pooled: dict[str, dict[str, Any]] = {"ours": {"times": []}, "ref": {"times": []}}
+def measure_pair(name, checkpoints, args, variants=()) -> tuple[dict[str, Any], ...]:
+    """Alternate ours / reference (and ``variants``) children for ``args.rounds`` rounds, so slow
+    drifts of the machine's load hit every side alike; pool the timed runs and keep the largest
+    peak. Returns ours, the reference, then one entry per variant."""
+    impls = ("ours", "ref", *variants)
+    pooled: dict[str, dict[str, Any]] = {impl: {"times": [], "cpu_times": []} for impl in impls}
     for round_index in range(args.rounds):
-        for impl in ("ours", "ref"):
+        for impl in impls:
             count_flops = impl == "ours" and round_index == 0
             result = measure(
                 name, impl, checkpoints, args.threads, args.repeats, args.warmup, count_flops
             )
             entry = pooled[impl]
             entry["times"] += result["times"]
+            entry["cpu_times"] += result["cpu_times"]
             if "peak_mib" in result:
                 entry["peak_mib"] = max(entry.get("peak_mib", 0.0), result["peak_mib"])
             for key in ("flops", "outputs"):
@@ -386,10 +434,11 @@ def measure_pair(name, checkpoints, args) -> tuple[dict[str, Any], dict[str, Any
                     entry[key] = result[key]
     for entry in pooled.values():
         entry["seconds"] = statistics.median(entry["times"])
-    return pooled["ours"], pooled["ref"]
+        entry["cpu_seconds"] = statistics.median(entry["cpu_times"])
+    return tuple(pooled[impl] for impl in impls)
 
 
-def agreement(name: str, ours: dict[str, Any], ref: dict[str, Any], tolerance: float) -> str:
+def agreement(name: str, ours: dict[str, Any], ref: dict[str, Any], tolerance: float | None) -> str:
     """Max abs difference of the outputs (forward workloads: must be <= ``tolerance``), the
     loss difference (train step) or the share of identical panoptic PNG pixels (end to end)."""
     import numpy as np
@@ -402,7 +451,7 @@ def agreement(name: str, ours: dict[str, Any], ref: dict[str, Any], tolerance: f
         total = sum(b.shape[0] * b.shape[1] for _, b in pairs)
         return f"{same / total:.2%} px"
     diff = max(float(np.abs(a - b).max()) for a, b in pairs)
-    if diff > tolerance and name != "train-step":
+    if tolerance is not None and diff > tolerance and name != "train-step":
         raise SystemExit(f"{name}: outputs differ by {diff:.3g} > {tolerance}")
     return f"{diff:.1e}"
 
@@ -423,6 +472,59 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def bf16_capability() -> str:
+    """Which bfloat16 instructions this CPU has (``/proc/cpuinfo`` flags), or ``none``."""
+    from maskformer.precision import cpu_flags
+
+    found = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+    return ", ".join(found) or "none"
+
+
+def usable_variants(wanted: list[str]) -> tuple[list[str], list[str]]:
+    """The variants this machine can run, and one reason per skipped one."""
+    import torch
+
+    from maskformer.precision import cpu_supports
+
+    variants, skipped = [], []
+    for variant in wanted:
+        if variant == "ours-bf16" and cpu_supports(torch.bfloat16) is not True:
+            skipped.append(
+                "ours-bf16 rows: this CPU has no bfloat16 instructions (avx512_bf16 / amx_bf16); "
+                "bfloat16 would run emulated, which measures the emulation, not the path"
+            )
+            continue
+        if variant == "onnxruntime":
+            try:
+                import onnxruntime  # noqa: F401
+                import onnxscript  # noqa: F401
+            except ImportError:
+                skipped.append("onnxruntime rows: the onnx extra is not installed")
+                continue
+        variants.append(variant)
+    return variants, skipped
+
+
+def export_onnx_files(checkpoints: dict[str, Path], folder: Path, workloads) -> dict[str, Path]:
+    """The benchmark checkpoints exported to ONNX (parity-checked by ``export_model``): swin-tiny
+    at 512 x 512 for the forward rows, the tiny model at the end-to-end size."""
+    from maskformer import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
+    from maskformer.export import export_model
+
+    files = {}
+    for key, size, workload in (
+        ("swin-tiny", (512, 512), "swin-tiny-forward"),
+        ("tiny", END_TO_END_ONNX_SIZE, "end-to-end"),
+    ):
+        path = folder / f"{key}.onnx"
+        if workload in workloads:
+            model = MaskFormerForInstanceSegmentation.from_pretrained(checkpoints[key]).eval()
+            export_model(model, MaskFormerImageProcessor(), path, "onnx", size)
+            print(f"  exported {key} to ONNX at {size[0]}x{size[1]}", file=sys.stderr, flush=True)
+        files[f"{key}-onnx"] = path
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
@@ -440,9 +542,20 @@ def main(argv: list[str] | None = None) -> int:
         help="also time ours under torch.compile (opt-in path) for the forward workloads",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=list(VARIANTS),
+        choices=VARIANTS,
+        help=f"extra rows on {', '.join(VARIANT_WORKLOADS)} (default: all; none: no extra rows)",
+    )
     args = parser.parse_args(argv)
 
     import torch
+
+    variants, skipped = usable_variants(args.variants)
+    for reason in skipped:
+        print(f"  skipped: {reason}", file=sys.stderr, flush=True)
 
     peak = matmul_peak_gflops(args.threads)
     with tempfile.TemporaryDirectory(prefix="maskformer-bench-") as tmp:
@@ -452,9 +565,12 @@ def main(argv: list[str] | None = None) -> int:
                 swin_tiny_ade_config(), Path(tmp) / "swin-tiny"
             ),
         }
+        if "onnxruntime" in variants:
+            checkpoints.update(export_onnx_files(checkpoints, Path(tmp), args.workloads))
         rows = []
         for name in args.workloads:
-            ours, ref = measure_pair(name, checkpoints, args)
+            extra = [v for v in variants if name in VARIANT_WORKLOADS]
+            ours, ref, *measured = measure_pair(name, checkpoints, args, extra)
             agree = agreement(name, ours, ref, args.tolerance)
             flops = ours.get("flops")
             gflops = flops / ours["seconds"] / 1e9 if flops else None
@@ -469,9 +585,26 @@ def main(argv: list[str] | None = None) -> int:
                     "gflop": flops / 1e9 if flops else None,
                     "gflops_per_s": gflops,
                     "fraction_of_peak": gflops / peak if gflops else None,
+                    "cpu_ratio": ours["cpu_seconds"] / ref["cpu_seconds"],
                     "agreement": agree,
                 }
             )
+            base = rows[-1]
+            for variant, entry in zip(extra, measured):
+                seconds = entry["seconds"]
+                rate = flops / seconds / 1e9 if flops else None
+                rows.append(
+                    {
+                        **base,
+                        "workload": f"{name} ({variant})",
+                        "ours_ms": seconds * 1e3,
+                        "ratio": seconds / ref["seconds"],
+                        "cpu_ratio": entry["cpu_seconds"] / ref["cpu_seconds"],
+                        "ours_peak_mib": entry.get("peak_mib"),
+                        "gflops_per_s": rate,
+                        "agreement": agreement(name, entry, ref, None),
+                    }
+                )
             print(f"  measured {name}", file=sys.stderr, flush=True)
             if args.compile and name in FORWARD_WORKLOADS:
                 compiled = measure(
@@ -494,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ours_peak_mib": compiled.get("peak_mib"),
                         "gflops_per_s": gflops,
                         "fraction_of_peak": gflops / peak if gflops else None,
+                        "cpu_ratio": statistics.median(compiled["cpu_times"]) / ref["cpu_seconds"],
                         "agreement": agreement(name, compiled, ref, args.tolerance),
                     }
                 )
@@ -505,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"machine: {cpu_model()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, threads={args.threads}, "
-        f"fp32 matmul peak {peak:.1f} GFLOP/s"
+        f"fp32 matmul peak {peak:.1f} GFLOP/s, CPU bfloat16 instructions: "
+        f"{bf16_capability()}"
     )
     print(header)
     columns = [
@@ -518,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
         ("gflop", "{:.2f}"),
         ("gflops_per_s", "{:.1f}"),
         ("fraction_of_peak", "{:.0%}"),
+        ("cpu_ratio", "{:.2f}"),
         ("agreement", "{}"),
     ]
 

@@ -129,3 +129,30 @@ def test_sizes_that_do_not_fit_the_backbone_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         export_model(resnet_model, _processor(), tmp_path / "m.onnx", "onnx", size)
+
+
+@requires_shared_data
+def test_swin_onnx_export_with_a_dynamic_batch_matches_pytorch(photos, tmp_path) -> None:
+    from maskformer.export import size_multiple
+    from maskformer.onnx_backend import OnnxRuntimeModel
+
+    torch.manual_seed(0)
+    model = MaskFormerForInstanceSegmentation(get_preset("tiny-swin", num_labels=4)).eval()
+    assert size_multiple(model) == 32  # patch 4 x downsampling 8 over four stages
+    path = tmp_path / "swin.onnx"
+    report = export_model(
+        model, _processor(), path, "onnx", SIZE, dynamic_batch=True, check_images=photos
+    )
+    # The check ran each photo alone and both as one batch; all within 1e-4 of the scale.
+    assert report.max_difference <= 1e-4 and report.checked_images == 2
+    runtime = OnnxRuntimeModel(path, threads=1)
+    assert runtime.fixed_batch is None
+    pixel_values, _ = fixed_size_inputs(_processor(), photos, SIZE)
+    with torch.inference_mode():
+        expected = model(pixel_values=pixel_values)
+    got = runtime(pixel_values=pixel_values)
+    for name in ("class_queries_logits", "masks_queries_logits"):
+        want = getattr(expected, name)
+        # As for ResNet: one float32 graph in two runtimes, 1e-4 of the logits' scale.
+        scale = max(1.0, float(want.abs().max()))
+        torch.testing.assert_close(getattr(got, name), want, rtol=0, atol=1e-4 * scale)

@@ -1,4 +1,5 @@
-"""The ``maskformer`` command: ``predict``, ``evaluate``, ``train``, ``plot``, ``demo`` and ``serve``.
+"""The ``maskformer`` command: ``predict``, ``evaluate``, ``train``, ``plot``, ``export``,
+``serve`` and ``demo``.
 
 Exit codes: 0 = done; 1 = done, but some inputs could not be read or segmented (they are
 listed, one line each); 2 = stopped by a bad argument, a missing or unreadable file or folder, an
@@ -22,6 +23,7 @@ from maskformer.cli_types import (
     UsageError,
     finite_float,
     non_negative_int,
+    positive_float,
     positive_int,
     probability,
 )
@@ -137,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(demo)
     demo.set_defaults(handler=_run_demo)
     _add_serve_parser(commands)
+    _add_export_parser(commands)
     return parser
 
 
@@ -153,7 +156,15 @@ def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=("float32", "float16", "bfloat16"),
         default="float32",
-        help="model weights' precision",
+        help="model weights' precision (bfloat16: fast on CPUs with avx512_bf16 / amx_bf16; "
+        "post-processing stays float32)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("pytorch", "onnxruntime"),
+        default="pytorch",
+        help="onnxruntime: --model is an .onnx file from `maskformer export` (needs "
+        "maskformer[onnx]); images are fitted into its fixed size",
     )
     parser.add_argument("--batch-size", type=positive_int, default=2)
     parser.add_argument(
@@ -235,7 +246,14 @@ def _load(args: argparse.Namespace, device_name: str | None = None):
     from maskformer.engine.loading import ModelLoadError, load_model, load_processor, resolve_device
     from maskformer.engine.segment import OUT_OF_MEMORY, first_line
 
+    if getattr(args, "backend", "pytorch") == "onnxruntime":
+        return _load_onnx(args)
     device = resolve_device(device_name or args.device)
+    from maskformer.precision import precision_warning
+
+    warning = precision_warning(args.dtype, device)
+    if warning:
+        _say(f"maskformer: warning: {warning}")
     try:
         model = load_model(args.model, device, getattr(torch, args.dtype))
     except (ModelLoadError, *OUT_OF_MEMORY):
@@ -252,6 +270,19 @@ def _load(args: argparse.Namespace, device_name: str | None = None):
             f"{type(error).__name__}: {first_line(error)}"
         ) from error
     return model, processor
+
+
+def _load_onnx(args: argparse.Namespace):
+    """``--backend onnxruntime``: the .onnx file and the processor stored in its metadata."""
+    if args.dtype != "float32" or args.device not in ("auto", "cpu"):
+        raise ValueError(
+            "--backend onnxruntime runs the exported float32 graph on the CPU; leave --dtype "
+            "and --device at their defaults"
+        )
+    from maskformer.onnx_backend import OnnxRuntimeModel
+
+    model = OnnxRuntimeModel(args.model)
+    return model, model.processor()
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -517,6 +548,76 @@ def _run_serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after stopping
             server.run(sockets=[sock])
     print("maskformer serve: stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------------- export
+def _add_export_parser(commands: Any) -> None:
+    from maskformer.export import DEFAULT_TOLERANCE, EXPORT_FORMATS
+
+    export = commands.add_parser(
+        "export",
+        help="export a model to ONNX or torch.export, checked against PyTorch",
+        description="Export a model at one fixed input size to ONNX (opset >= 17) or a "
+        "torch.export ExportedProgram (.pt2). The file carries the input size, the label names "
+        "and the processor configuration; it is written only when its logits match PyTorch's on "
+        "the check images.",
+    )
+    export.add_argument("--model", required=True, help="local checkpoint folder or hub id")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
+    export.add_argument("--output", type=Path, required=True, help="the file to write")
+    export.add_argument(
+        "--height", type=positive_int, help="input height (default: the processor's size)"
+    )
+    export.add_argument("--width", type=positive_int, help="input width (default: --height)")
+    export.add_argument(
+        "--dynamic-batch", action="store_true", help="any batch size (default: batch 1)"
+    )
+    export.add_argument(
+        "--check-images",
+        nargs="+",
+        metavar="PATH",
+        help="photos for the parity check (default: one generated synthetic-shapes picture)",
+    )
+    export.add_argument(
+        "--tolerance",
+        type=positive_float,
+        default=DEFAULT_TOLERANCE,
+        help="largest logit difference allowed, relative to the logits' scale",
+    )
+    export.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (>= 17)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    export.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from maskformer.engine.segment import load_rgb_image
+    from maskformer.export import export_model
+
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"--output {args.output} already exists; pass --overwrite")
+    if args.width is not None and args.height is None:
+        raise ValueError("--width needs --height")
+    size = None if args.height is None else (args.height, args.width or args.height)
+    images = [load_rgb_image(Path(p)) for p in args.check_images or ()]
+    model, processor = _load(argparse.Namespace(model=args.model, device="cpu", dtype="float32"))
+    report = export_model(
+        model,
+        processor,
+        args.output,
+        args.format,
+        size,
+        dynamic_batch=args.dynamic_batch,
+        check_images=images or None,
+        tolerance=args.tolerance,
+        opset=args.opset,
+    )
+    checked = f"{report.checked_images} image(s)" if images else "a generated picture"
+    _say(
+        f"exported {args.model} to {report.path} ({report.format}, input "
+        f"{report.size[0]}x{report.size[1]}); logits match PyTorch on {checked} within "
+        f"{report.max_difference:.2g} of their scale"
+    )
     return EXIT_OK
 
 

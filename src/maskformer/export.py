@@ -19,11 +19,15 @@ logits' scale (the largest absolute PyTorch logit of that output, at least 1).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from maskformer.utils.atomic import atomic_write
 
 EXPORT_FORMATS = ("onnx", "torch-export")
 OUTPUT_NAMES = ("class_queries_logits", "masks_queries_logits")
@@ -64,23 +70,38 @@ class _LogitsOnly(torch.nn.Module):
         return outputs.class_queries_logits, outputs.masks_queries_logits
 
 
-def default_size(processor: Any) -> tuple[int, int]:
-    """A square of the processor's shortest edge, rounded up to its size divisor (and to 32)."""
+def size_multiple(model: torch.nn.Module | None = None) -> int:
+    """What both sides of the input must be a multiple of: a Swin backbone's patch size times its
+    downsampling between the first and the last stage (4 × 8 = 32 for the usual configurations;
+    windows are padded inside the model), a ResNet's stride (32)."""
+    backbone = getattr(getattr(model, "config", None), "backbone_config", None)
+    patch = getattr(backbone, "patch_size", None)
+    depths = getattr(backbone, "depths", None)
+    if isinstance(patch, int) and depths:
+        return math.lcm(_SIZE_MULTIPLE, patch * 2 ** (len(depths) - 1))
+    return _SIZE_MULTIPLE
+
+
+def default_size(processor: Any, multiple: int = _SIZE_MULTIPLE) -> tuple[int, int]:
+    """A square of the processor's shortest edge, rounded up to its size divisor and to
+    ``multiple`` (:func:`size_multiple`)."""
     size = getattr(processor, "size", {}) or {}
     edge = size.get("shortest_edge") or size.get("height")
     if not edge:
         raise ValueError("the processor has no size to export at; pass --height and --width")
-    multiple = math.lcm(_SIZE_MULTIPLE, int(getattr(processor, "size_divisor", 0) or 1))
+    multiple = math.lcm(multiple, int(getattr(processor, "size_divisor", 0) or 1))
     side = math.ceil(int(edge) / multiple) * multiple
     return side, side
 
 
-def check_size(height: int, width: int) -> None:
+def check_size(height: int, width: int, multiple: int = _SIZE_MULTIPLE) -> None:
+    """``ValueError`` naming ``--height`` / ``--width`` unless both are positive multiples of
+    ``multiple``."""
     for name, value in (("--height", height), ("--width", width)):
-        if not isinstance(value, int) or value <= 0 or value % _SIZE_MULTIPLE:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
             raise ValueError(
-                f"{name} {value}: must be a positive multiple of {_SIZE_MULTIPLE} (the backbone's "
-                "patch size times its downsampling, which also fits Swin's windows)"
+                f"{name} {value}: must be a positive multiple of {multiple} (the backbone's "
+                "patch size times its downsampling; Swin's windows are padded inside the model)"
             )
 
 
@@ -141,11 +162,14 @@ def _scaled_difference(ours: Sequence[np.ndarray], reference: Sequence[torch.Ten
 
 
 def _check_images(images: Sequence[Image.Image] | None, size: tuple[int, int]) -> list[Image.Image]:
+    """``images``, or when there are none one generated picture: the synthetic shapes data set's
+    first image (textured background, shapes with edges), drawn at the export size."""
     if images:
         return list(images)
-    generator = np.random.default_rng(0)  # a smooth, deterministic stand-in when no photo is given
-    coarse = generator.integers(0, 256, (size[0] // 16 + 1, size[1] // 16 + 1, 3), dtype=np.uint8)
-    return [Image.fromarray(coarse).resize((size[1], size[0]), Image.BICUBIC)]
+    from maskformer.data.synthetic import SyntheticShapesDataset
+
+    picture = SyntheticShapesDataset(1, image_size=max(size), seed=0).get_image(0)
+    return [picture.resize((size[1], size[0]), Image.BILINEAR)]
 
 
 def export_model(
@@ -166,25 +190,26 @@ def export_model(
         raise ValueError(f"--format must be one of {EXPORT_FORMATS}, got {format!r}")
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
-    size = tuple(size) if size is not None else default_size(processor)
-    check_size(*size)
+    multiple = size_multiple(model)
+    size = tuple(size) if size is not None else default_size(processor, multiple)
+    check_size(*size, multiple=multiple)
     output = Path(output)
     if output.is_dir():
         raise ValueError(f"--output {output} is a folder; give a file name")
+    if format == "onnx" and output.suffix != ".onnx":
+        raise ValueError(f"--output {output}: an ONNX file's name must end in .onnx")
     model = model.float().eval()
     images = _check_images(check_images, size)
     pixel_values, _ = fixed_size_inputs(processor, images, size)
     wrapper = _LogitsOnly(model).eval()
     with torch.inference_mode():
         expected = [wrapper(pixel_values[i : i + 1]) for i in range(len(images))]
-    example = pixel_values[:1].clone()
+    # A dynamic batch is traced at batch 2: an example of batch 1 would let the tracer treat
+    # the batch as the constant 1 wherever a size-1 dimension can broadcast.
+    example = pixel_values[:1].repeat(2 if dynamic_batch else 1, 1, 1, 1)
     metadata = _metadata(model, processor, size)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{output.name}.", suffix=".tmp", dir=output.parent
-    )
-    os.close(handle)
-    try:
+    with tempfile.TemporaryDirectory(prefix="maskformer-export-") as folder:
+        temporary = str(Path(folder) / f"model{output.suffix}")
         if format == "onnx":
             _export_onnx(wrapper, example, temporary, dynamic_batch, opset, metadata)
             run = _onnx_runner(temporary)
@@ -202,18 +227,9 @@ def export_model(
                 f"the exported {format} logits differ from PyTorch's by {worst:.3g} (relative to "
                 f"the logits' scale), more than the tolerance {tolerance:g}; nothing was written"
             )
-        os.chmod(temporary, 0o666 & ~_current_umask())
-        os.replace(temporary, output)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        with open(temporary, "rb") as exported:
+            atomic_write(output, lambda handle: shutil.copyfileobj(exported, handle))
     return ExportReport(output, format, size, worst, len(images))
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _export_onnx(
@@ -232,16 +248,18 @@ def _export_onnx(
     if dynamic_batch:
         dynamic_shapes = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=1024)}}
     try:
-        program = torch.onnx.export(
-            wrapper,
-            (example,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=["pixel_values"],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=dynamic_shapes,
-            optimize=True,
-        )
+        with _quiet_exporters():
+            program = torch.onnx.export(
+                wrapper,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["pixel_values"],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                verbose=False,  # no progress lines on stdout
+            )
     except Exception as error:  # unsupported operators or data-dependent control flow
         raise ValueError(
             f"this model cannot be exported to ONNX: {type(error).__name__}: "
@@ -251,6 +269,23 @@ def _export_onnx(
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     onnx.save_model(proto, path)
+
+
+@contextlib.contextmanager
+def _quiet_exporters() -> Iterator[None]:
+    """The ONNX exporter's progress notes and warnings (missing torchvision operators, skipped
+    constant folding) kept off the terminal; errors still raise."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _onnx_runner(path: str):

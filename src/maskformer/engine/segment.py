@@ -150,14 +150,9 @@ def forward_images(
     Returns class logits ``(batch, queries, classes + 1)`` and mask logits ``(batch, queries,
     height / 4, width / 4)`` as float32, the pixel mask ``(batch, height, width)`` (1 = real
     pixel; None when the processor gives none) and the ``(height, width)`` of the pixel values.
-    Inputs follow the model's first parameter's device and dtype.
+    Inputs are prepared by :func:`prepare_inputs`.
     """
-    parameter = next(model.parameters())
-    inputs = processor(images=list(images), return_tensors="pt")
-    pixel_values = inputs["pixel_values"].to(parameter.device, parameter.dtype)
-    pixel_mask = inputs.get("pixel_mask")
-    if pixel_mask is not None:
-        pixel_mask = pixel_mask.to(parameter.device)
+    pixel_values, pixel_mask = prepare_inputs(model, processor, images)
     with torch.inference_mode():
         outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask)
     return (
@@ -288,6 +283,33 @@ def segment_large(
         return {"semantic": tta_semantic(model, processor, image, options.tta)}
     outputs = tta_outputs(model, processor, image, options.tta)
     return post_process(processor, outputs, options.task, (image.height, image.width), *thresholds)
+
+
+def prepare_inputs(
+    model: Any, processor: Any, images: Sequence[Image.Image]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``pixel_values (batch, 3, height, width)`` on the model's device and in its dtype, and
+    ``pixel_mask (batch, height, width)`` (1 = image, 0 = padding).
+
+    A model with an ``input_size`` attribute ``(height, width)`` (an exported model, such as
+    :class:`~maskformer.onnx_backend.OnnxRuntimeModel`) takes images fitted into that size and
+    padded (:func:`maskformer.export.fixed_size_inputs`); any other gets the processor's batch.
+    A model without parameters gets float32 CPU tensors."""
+    size = getattr(model, "input_size", None)
+    if size is not None:
+        from maskformer.export import fixed_size_inputs
+
+        pixel_values, pixel_mask = fixed_size_inputs(processor, images, tuple(size))
+    else:
+        inputs = processor(images=list(images), return_tensors="pt")
+        pixel_values, pixel_mask = inputs["pixel_values"], inputs.get("pixel_mask")
+    parameters = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+    parameter = next(parameters, None)
+    if parameter is not None:
+        pixel_values = pixel_values.to(parameter.device, parameter.dtype)
+        if pixel_mask is not None:
+            pixel_mask = pixel_mask.to(parameter.device)
+    return pixel_values, pixel_mask
 
 
 def first_line(error: BaseException) -> str:
