@@ -423,3 +423,15 @@ def test_a_closed_stdout_pipe_is_quiet(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == ""
     # the labels scored against themselves: every IoU is n / n, exactly 1.0 in floating point
     assert json.loads(output.read_text())["mIoU"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--port", "70000"), ("--port", "-1"), ("--max-batch", "0"), ("--max-upload-mb", "nan")],
+)
+def test_serve_numbers_are_checked_when_the_command_line_is_read(capsys, flag, value) -> None:
+    from maskformer.cli import main
+
+    assert main(["serve", "--model", "nowhere", flag, value]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0]

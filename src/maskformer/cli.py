@@ -18,17 +18,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from maskformer import cli_export, cli_serve
 from maskformer.cli_types import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
     ArgumentParser,
     UsageError,
     finite_float,
     non_negative_int,
-    positive_float,
     positive_int,
     probability,
 )
-
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_arguments(demo)
     demo.set_defaults(handler=_run_demo)
-    _add_serve_parser(commands)
-    _add_export_parser(commands)
+    cli_serve.add_parser(commands)
+    cli_export.add_parser(commands)
     return parser
 
 
@@ -489,136 +491,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     from maskformer.demo import run_demo_from_args
 
     return run_demo_from_args(args)
-
-
-# --------------------------------------------------------------------------------------- serve
-def _add_serve_parser(commands: Any) -> None:
-    serve = commands.add_parser(
-        "serve",
-        help="serve a model: a web page at / and an HTTP API (needs maskformer[serve])",
-        description="Load a model once and serve it: a page to try it on pictures, and an HTTP "
-        "API (POST /v1/segment, GET /v1/model, GET /healthz; OpenAPI at /openapi.json). Requests "
-        "queue for the model: one forward pass at a time.",
-    )
-    serve.add_argument("--model", required=True, help="local checkpoint folder or hub id")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost)")
-    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    serve.add_argument("--task", choices=("semantic", "instance", "panoptic"), default="panoptic")
-    serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
-    serve.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    serve.add_argument(
-        "--max-batch", type=int, default=1, help="most waiting requests run in one forward pass"
-    )
-    serve.add_argument(
-        "--max-queue", type=int, default=32, help="most requests waiting; more get 503"
-    )
-    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="larger uploads: 413")
-    serve.add_argument("--max-megapixels", type=float, default=40.0, help="larger images: 422")
-    serve.add_argument(
-        "--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info"
-    )
-    serve.set_defaults(handler=_run_serve)
-
-
-def _run_serve(args: argparse.Namespace) -> int:
-    from maskformer.serve import MISSING_EXTRA, missing_serve_modules
-
-    if missing_serve_modules():
-        print(f"maskformer: error: {MISSING_EXTRA}", file=sys.stderr)
-        return EXIT_USAGE
-    from maskformer.serve.app import ServeLimits, create_app
-    from maskformer.serve.server import LOCAL_HOSTS, bind_socket, make_server, server_url
-
-    limits = ServeLimits(
-        default_task=args.task,
-        max_batch=args.max_batch,
-        max_pending=args.max_queue,
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-        max_pixels=int(args.max_megapixels * 1_000_000),
-    )
-    with bind_socket(args.host, args.port) as sock:  # before the (slow) model load
-        model, processor = _load(args)
-        server = make_server(create_app(model, processor, args.model, limits), args.log_level)
-        if args.host not in LOCAL_HOSTS:
-            print(
-                f"maskformer: warning: listening on {args.host}, not only localhost",
-                file=sys.stderr,
-            )
-        print(f"maskformer serve: {args.model} on {server_url(sock)}", file=sys.stderr, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after stopping
-            server.run(sockets=[sock])
-    print("maskformer serve: stopped", file=sys.stderr)
-    return EXIT_OK
-
-
-# -------------------------------------------------------------------------------------- export
-def _add_export_parser(commands: Any) -> None:
-    from maskformer.export import DEFAULT_TOLERANCE, EXPORT_FORMATS
-
-    export = commands.add_parser(
-        "export",
-        help="export a model to ONNX or torch.export, checked against PyTorch",
-        description="Export a model at one fixed input size to ONNX (opset >= 17) or a "
-        "torch.export ExportedProgram (.pt2). The file carries the input size, the label names "
-        "and the processor configuration; it is written only when its logits match PyTorch's on "
-        "the check images.",
-    )
-    export.add_argument("--model", required=True, help="local checkpoint folder or hub id")
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
-    export.add_argument("--output", type=Path, required=True, help="the file to write")
-    export.add_argument(
-        "--height", type=positive_int, help="input height (default: the processor's size)"
-    )
-    export.add_argument("--width", type=positive_int, help="input width (default: --height)")
-    export.add_argument(
-        "--dynamic-batch", action="store_true", help="any batch size (default: batch 1)"
-    )
-    export.add_argument(
-        "--check-images",
-        nargs="+",
-        metavar="PATH",
-        help="photos for the parity check (default: one generated synthetic-shapes picture)",
-    )
-    export.add_argument(
-        "--tolerance",
-        type=positive_float,
-        default=DEFAULT_TOLERANCE,
-        help="largest logit difference allowed, relative to the logits' scale",
-    )
-    export.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (>= 17)")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    export.set_defaults(handler=_run_export)
-
-
-def _run_export(args: argparse.Namespace) -> int:
-    from maskformer.engine.segment import load_rgb_image
-    from maskformer.export import export_model
-
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"--output {args.output} already exists; pass --overwrite")
-    if args.width is not None and args.height is None:
-        raise ValueError("--width needs --height")
-    size = None if args.height is None else (args.height, args.width or args.height)
-    images = [load_rgb_image(Path(p)) for p in args.check_images or ()]
-    model, processor = _load(argparse.Namespace(model=args.model, device="cpu", dtype="float32"))
-    report = export_model(
-        model,
-        processor,
-        args.output,
-        args.format,
-        size,
-        dynamic_batch=args.dynamic_batch,
-        check_images=images or None,
-        tolerance=args.tolerance,
-        opset=args.opset,
-    )
-    checked = f"{report.checked_images} image(s)" if images else "a generated picture"
-    _say(
-        f"exported {args.model} to {report.path} ({report.format}, input "
-        f"{report.size[0]}x{report.size[1]}); logits match PyTorch on {checked} within "
-        f"{report.max_difference:.2g} of their scale"
-    )
-    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------- main

@@ -15,6 +15,9 @@ from typing import NoReturn
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+"""Exit statuses: done; done with some inputs skipped; stopped by bad input; interrupted."""
+
 
 class UsageError(ValueError):
     """A bad command line; the message is the one line to print."""
