@@ -324,6 +324,11 @@ def _predict(args: argparse.Namespace) -> int:
         )
     if args.sliding_window and args.tta:
         raise UsageError("maskformer predict: error: --sliding-window and --tta cannot be combined")
+    if args.backend == "onnxruntime" and (args.sliding_window or args.tta):
+        raise UsageError(
+            "maskformer predict: error: --sliding-window and --tta run the PyTorch model; an "
+            "exported .onnx has one fixed input size (use --backend pytorch)"
+        )
     tta = TestTimeAugmentation.parse(args.tta) if args.tta else None
     window = tuple(args.window) if args.window else None
     options = PredictOptions(
