@@ -22,7 +22,7 @@ Two sources of predictions:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,7 @@ def evaluate_model_on_coco_instances(
     model: Any, processor: Any, data_dir: Path, options: Any
 ) -> dict[str, Any]:
     """Run ``model`` over the images of the json and return mask AP figures."""
+    from maskformer.engine.evaluate import _batched
     from maskformer.engine.predict import instance_result_to_arrays, load_rgb_image, segment_batch
 
     json_file, image_dir = find_coco_instance_files(
@@ -224,13 +225,3 @@ def _figures(metric: Any, index: CocoInstanceIndex, num_images: int) -> dict[str
     figures["category_names"] = {int(c["id"]): str(c.get("name")) for c in index.categories}
     figures["num_images"] = num_images
     return figures
-
-
-def _batched(items: Sequence[Any], size: int, progress: bool) -> Iterator[Sequence[Any]]:
-    from tqdm import tqdm
-
-    with tqdm(total=len(items), unit="image", desc="evaluate", disable=not progress) as bar:
-        for start in range(0, len(items), size):
-            batch = items[start : start + size]
-            yield batch
-            bar.update(len(batch))

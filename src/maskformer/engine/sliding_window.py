@@ -390,15 +390,14 @@ def _post_process(
     overlap_mask_area_threshold: float,
     label_ids_to_fuse: set[int] | None,
 ) -> dict[str, Any]:
+    """One tile's segments as an id map ``(h, w)`` (0 = none) and their ``segments_info``."""
     if task == "panoptic":
-        return processor.post_process_panoptic_segmentation(
-            outputs,
-            threshold=threshold,
-            mask_threshold=mask_threshold,
-            overlap_mask_area_threshold=overlap_mask_area_threshold,
-            label_ids_to_fuse=set(label_ids_to_fuse or ()),
-            target_sizes=[size],
-        )[0]
+        from maskformer.engine.segment import post_process
+
+        return post_process(
+            processor, outputs, task, size, threshold, mask_threshold,
+            overlap_mask_area_threshold, label_ids_to_fuse,
+        )  # fmt: skip
     result = processor.post_process_instance_segmentation(
         outputs,
         threshold=threshold,
