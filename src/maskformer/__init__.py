@@ -35,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     # processing
     "MaskFormerImageProcessor": "maskformer.processing.image_processor",
     "MaskFormerFeatureExtractor": "maskformer.processing.image_processor",
+    "binary_mask_to_rle": "maskformer.processing.rle",
+    "convert_segmentation_to_rle": "maskformer.processing.rle",
 }
 
 __all__ = [
@@ -57,6 +59,8 @@ __all__ = [
     "MaskFormerSwinModelOutputWithPooling",
     "ResNetConfig",
     "SwinConfig",
+    "binary_mask_to_rle",
+    "convert_segmentation_to_rle",
 ]
 
 
@@ -100,3 +104,4 @@ if TYPE_CHECKING:  # pragma: no cover
         MaskFormerFeatureExtractor,
         MaskFormerImageProcessor,
     )
+    from maskformer.processing.rle import binary_mask_to_rle, convert_segmentation_to_rle

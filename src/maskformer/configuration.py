@@ -361,6 +361,11 @@ def _sub_config(
     value: Any, classes: dict[str, type[BaseConfig]], argument: str, kind: str
 ) -> BaseConfig:
     """A nested config object from a dict (not modified) or an object, checking its type."""
+    if not isinstance(value, (BaseConfig, dict)) and callable(getattr(value, "to_dict", None)):
+        # another library's config object (e.g. transformers' SwinConfig / DetrConfig): its dict
+        foreign_type = getattr(value, "model_type", None)
+        value = dict(value.to_dict())
+        value.setdefault("model_type", foreign_type)
     if isinstance(value, BaseConfig):
         model_type = type(value).model_type
     elif isinstance(value, dict):

@@ -224,7 +224,15 @@ class MaskFormerPreTrainedModel(PreTrainedMethodsMixin, PushToHubMixin, nn.Modul
 
     def post_init(self) -> None:
         """Initialise every module not yet initialised (children before parents, so a parent's
-        rule, such as xavier for the FPN convolutions, overrides the generic one)."""
+        rule, such as xavier for the FPN convolutions, overrides the generic one).
+
+        A config saved with the old ``gradient_checkpointing=True`` attribute turns checkpointing
+        on and loses the attribute, as the reference does."""
+        if self.supports_gradient_checkpointing and getattr(
+            self.config, "gradient_checkpointing", False
+        ):
+            self.gradient_checkpointing_enable()
+            delattr(self.config, "gradient_checkpointing")
         if not init_enabled():
             return
         for module in reversed(list(self.modules())):

@@ -34,6 +34,9 @@ class PreTrainedMethodsMixin:
     base_model_prefix = "model"
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
+    _tied_weights_keys: list[str] | None = None  # nothing is tied
+    _keys_to_ignore_on_load_missing: list[str] | None = None
+    _keys_to_ignore_on_load_unexpected: list[str] | None = None
 
     @property
     def device(self) -> torch.device:

@@ -160,10 +160,20 @@ class MaskFormerSwinBackbone(MaskFormerSwinPreTrainedModel):
         if "stem" in config.out_features:
             raise ValueError("This backbone does not support 'stem' in out_features")
         self.model = MaskFormerSwinModel(config)
-        self.num_features = [int(config.embed_dim * 2**i) for i in range(len(config.depths))]
-        self.channels = [self.num_features[i - 1] for i in config.out_indices]
-        self.hidden_states_norms = nn.ModuleList(nn.LayerNorm(dim) for dim in self.num_features)
+        # channels per stage name, the stem first (the reference's layout of ``num_features``)
+        self.num_features = [config.embed_dim] + [
+            int(config.embed_dim * 2**i) for i in range(len(config.depths))
+        ]
+        self.channels = [self.num_features[i] for i in config.out_indices]
+        self.hidden_states_norms = nn.ModuleList(nn.LayerNorm(dim) for dim in self.num_features[1:])
         self.init_weights()
+
+    backbone_type = "transformers"  # the reference's BackboneType.TRANSFORMERS, as a string
+
+    @property
+    def out_feature_channels(self) -> dict[str, int]:
+        """Channels of every stage by name (the stem included)."""
+        return dict(zip(self.stage_names, self.num_features))
 
     @property
     def out_features(self) -> list[str]:

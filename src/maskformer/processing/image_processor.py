@@ -44,6 +44,10 @@ from maskformer.processing.inputs import (
 )
 from maskformer.processing.pixels import batch_pixels, channel_stats, copy_writer, make_writer
 from maskformer.processing.post_process_methods import PostProcessMixin
+from maskformer.processing.rle import (  # noqa: F401 - the reference's module-level helpers
+    binary_mask_to_rle,
+    convert_segmentation_to_rle,
+)
 from maskformer.processing.serialization import (  # noqa: F401 (CONFIG_NAME: re-exported)
     CONFIG_NAME,
     TYPE_KEYS,
