@@ -75,3 +75,24 @@ def test_rle_helpers_equal_the_reference(hf) -> None:
 @pytest.mark.parametrize("mask", [np.zeros((3, 4)), np.ones((3, 4))])
 def test_rle_of_empty_and_full_masks(mask) -> None:
     assert binary_mask_to_rle(mask) == ([] if mask.sum() == 0 else [1, 12])
+
+
+@pytest.mark.parametrize("cls", [MaskFormerSwinBackbone, "MaskFormerSwinModel"])
+def test_swin_classes_save_and_load(cls, tmp_path) -> None:
+    import maskformer
+
+    cls = getattr(maskformer, cls) if isinstance(cls, str) else cls
+    config = MaskFormerSwinConfig(
+        embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )  # fmt: skip
+    model = cls(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded = cls.from_pretrained(tmp_path)
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(model(pixels).to_tuple()[0], loaded(pixels).to_tuple()[0])
+        )
+    assert type(loaded.config) is MaskFormerSwinConfig

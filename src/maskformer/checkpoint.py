@@ -134,6 +134,7 @@ def _prepare_config(
     hub_kwargs: dict[str, Any],
     labels: dict[str, Any],
     overrides: dict[str, Any],
+    config_class: type = MaskFormerConfig,
 ) -> MaskFormerConfig:
     """The config to build the model from: read from ``path`` (or from ``config`` when it is a
     folder or file), or copied from ``config`` (the caller's object is never modified), with label
@@ -141,11 +142,11 @@ def _prepare_config(
     if config is None or isinstance(config, (str, os.PathLike)):
         if config is None and path is None:
             raise ValueError("from_pretrained(None, ...) needs config= and state_dict=")
-        config = MaskFormerConfig.from_pretrained(path if config is None else config, **hub_kwargs)
-    elif not isinstance(config, MaskFormerConfig):
-        raise TypeError(f"config must be a MaskFormerConfig, got {type(config).__name__}")
+        config = config_class.from_pretrained(path if config is None else config, **hub_kwargs)
+    elif not isinstance(config, config_class):
+        raise TypeError(f"config must be a {config_class.__name__}, got {type(config).__name__}")
     else:
-        config = MaskFormerConfig.from_dict(config.to_dict())
+        config = config_class.from_dict(config.to_dict())
     if path is not None:
         config.name_or_path = str(path)
     id2label, label2id, num_labels = labels["id2label"], labels["label2id"], labels["num_labels"]
@@ -199,7 +200,8 @@ def load_pretrained(
     device = resolve_device_map(device_map)
     labels = {"id2label": id2label, "label2id": label2id, "num_labels": num_labels}
     path = pretrained_model_name_or_path
-    config = _prepare_config(path, config, hub_kwargs, labels, config_overrides)
+    config_class = getattr(model_class, "config_class", MaskFormerConfig)
+    config = _prepare_config(path, config, hub_kwargs, labels, config_overrides, config_class)
 
     if state_dict is None:
         if path is None:

@@ -54,6 +54,49 @@ class MaskFormerSwinPreTrainedModel(PreTrainedMethodsMixin, nn.Module):
             )
         self.config = config
 
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Linear/Conv2d: normal(0, initializer_range), bias 0; LayerNorm: 1, 0; absolute
+        position embeddings 0."""
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif (
+            isinstance(module, MaskFormerSwinEmbeddings) and module.position_embeddings is not None
+        ):
+            nn.init.zeros_(module.position_embeddings)
+
+    def init_weights(self) -> None:
+        """Initialise every module by :meth:`_init_weights` (skipped while loading weights)."""
+        if not init_enabled():
+            return
+        for module in self.modules():
+            self._init_weights(module)
+            module._maskformer_initialized = True
+
+    def post_init(self) -> None:
+        self.init_weights()
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any
+    ) -> Any:
+        """Load a Swin model or backbone saved by :meth:`save_pretrained` (same keywords as
+        the MaskFormer models' ``from_pretrained``)."""
+        from maskformer.checkpoint import load_pretrained
+
+        return load_pretrained(cls, pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> None:
+        """Write ``config.json`` and the weights atomically."""
+        from maskformer.checkpoint import save_pretrained
+
+        save_pretrained(self, save_directory, **kwargs)
+
 
 class MaskFormerSwinModel(MaskFormerSwinPreTrainedModel):
     """Embeddings and stages. ``layernorm`` (and the parameter-free pooler) only serve this class's
@@ -186,26 +229,6 @@ class MaskFormerSwinBackbone(MaskFormerSwinPreTrainedModel):
     @property
     def stage_names(self) -> list[str]:
         return list(self.config.stage_names)
-
-    def init_weights(self) -> None:
-        """Linear/Conv2d: normal(0, initializer_range), bias 0; LayerNorm: 1, 0; bias table 0."""
-        if not init_enabled():
-            return
-        std = self.config.initializer_range
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif (
-                isinstance(module, MaskFormerSwinEmbeddings)
-                and module.position_embeddings is not None
-            ):
-                nn.init.zeros_(module.position_embeddings)
-            module._maskformer_initialized = True
 
     def forward(
         self,
