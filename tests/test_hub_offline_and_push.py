@@ -239,3 +239,12 @@ def test_push_failure_is_one_oserror_naming_the_repo(recorded_push, monkeypatch)
     with pytest.raises(OSError, match=rf"^'{REPO}'.*403 Forbidden") as info:
         MaskFormerConfig().push_to_hub(REPO)
     assert "\n" not in str(info.value)
+
+
+def test_model_push_to_hub_uploads_what_save_pretrained_writes(recorded_push):
+    model = tiny_model()
+    model.push_to_hub(REPO, commit_message="model", private=True, token="tok")
+    upload = recorded_push["upload"]
+    assert sorted(upload["files"]) == ["config.json", "model.safetensors"]
+    assert upload["commit_message"] == "model" and upload["token"] == "tok"
+    assert recorded_push["create"] == {"repo_id": REPO, "private": True, "token": "tok"}
