@@ -146,3 +146,56 @@ def test_drop_path_drops_both_branches_in_training_only():
     assert torch.equal(last(hidden, layout(hidden, last.shift_size))[0], hidden)
     last.eval()
     assert not torch.allclose(last(hidden, layout(hidden, last.shift_size))[0], hidden)
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_half_precision_attention_is_as_close_to_float64_as_the_fused_kernel(monkeypatch, shift):
+    """bfloat16 window attention runs as explicit matmuls (``matmul_attention``); float32 keeps the
+    fused kernel. One block (padding, and the shift mask when ``shift``) runs in bfloat16 on both
+    paths and in float64 on the same bfloat16-representable weights and input. Both bfloat16 runs
+    round the same intermediates to 8-bit mantissas, so their errors against float64 are of one
+    size; the matmul path may be at most twice the fused kernel's error plus one bfloat16 ulp of
+    the output's scale (2^-8 * max|out|). A wrong mask, bias or head layout errs by O(max|out|)."""
+    import copy
+
+    from maskformer.modeling import swin
+
+    torch.manual_seed(0)
+    config = tiny_config().backbone_config
+    block = MaskFormerSwinLayer(config, 16, 2, shift_size=shift, drop_path_rate=0.0).eval()
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.copy_((parameter + 0.3 * torch.randn_like(parameter)).bfloat16().float())
+    hidden = torch.randn(2, 9, 10, 16).bfloat16()  # 9x10: padded to 12x12 windows of 4
+
+    def run(dtype):
+        layout = window_layout(9, 10, 4, shift, dtype, torch.device("cpu"))
+        with torch.no_grad():
+            return copy.deepcopy(block).to(dtype)(hidden.to(dtype), layout)[0].double()
+
+    exact = run(torch.float64)
+    assert swin.matmul_attention(torch.bfloat16) and not swin.matmul_attention(torch.float32)
+    matmul_error = (run(torch.bfloat16) - exact).abs().max().item()
+    monkeypatch.setattr(swin, "matmul_attention", lambda dtype: False)
+    fused_error = (run(torch.bfloat16) - exact).abs().max().item()
+    scale = exact.abs().max().item()
+    assert matmul_error <= 2 * fused_error + scale * 2**-8, (matmul_error, fused_error, scale)
+
+
+def test_mask_logits_read_channels_last_maps_and_stacked_queries():
+    """The mask product reads the pixel map in either layout and takes the decoder layers stacked
+    ``(layers, batch, Q, d)``; it equals the einsum. float32 sums of 32 products of unit-scale
+    values: assert_close's float32 defaults (rtol 1.3e-6, atol 1e-5) cover reordered sums."""
+    torch.manual_seed(0)
+    model = MaskFormerForInstanceSegmentation(tiny_config()).eval()
+    queries = torch.randn(3, 2, 5, 32)
+    pixels = torch.randn(2, 32, 6, 7)
+    with torch.no_grad():
+        expected = torch.einsum("lbqc,bchw->lbqhw", model.mask_embedder(queries), pixels)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            mapped = pixels.contiguous(memory_format=layout)
+            stacked = model.mask_logits(queries, mapped)
+            single = model.mask_logits(queries[-1], mapped)
+            assert stacked.is_contiguous() and single.is_contiguous()
+            torch.testing.assert_close(stacked, expected)
+            torch.testing.assert_close(single, expected[-1])

@@ -224,6 +224,30 @@ def test_unreadable_files_come_back_from_the_readers_as_skips(model_dir, tmp_pat
     assert len(inputs) == 3
 
 
+def test_readers_fork_even_under_a_spawn_default_and_one_batch_reads_inline(tmp_path, monkeypatch):
+    """Under a spawn (or Python 3.14's forkserver) default every predict call would re-import
+    torch in its reader (~1.4 s); the readers fork on Linux instead. A single batch has nothing to
+    overlap with, so it is read in this process."""
+    import sys
+
+    from maskformer.engine import predict_inputs
+
+    paths = [photo(tmp_path / f"{n}.png", seed=i) for i, n in enumerate("abcd")]
+    contexts = []
+    real_loader = predict_inputs.DataLoader
+
+    def recording_loader(*args, **kwargs):
+        contexts.append((kwargs["num_workers"], kwargs["multiprocessing_context"]))
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(predict_inputs, "DataLoader", recording_loader)
+    many = [item for batch in predict_inputs.read_images(paths, 1, 1) for item in batch]
+    one = [item for batch in predict_inputs.read_images(paths, 4, 2) for item in batch]
+    assert [path for path, _ in many] == paths == [path for path, _ in one]
+    expected = "fork" if sys.platform == "linux" else None
+    assert contexts == [(1, expected), (0, None)]
+
+
 def test_resume_after_a_failure_writes_the_rest_and_nothing_twice(
     model_dir, tmp_path, capsys, monkeypatch
 ):

@@ -465,7 +465,19 @@ class MaskFormerForInstanceSegmentation(MaskFormerPreTrainedModel):
         """``queries`` ``(..., batch, Q, d)``, ``pixel_embeddings`` ``(batch, M, h, w)`` ->
         ``(..., batch, Q, h, w)``: the dot product of each query's mask embedding with each pixel."""
         mask_embeddings = self.mask_embedder(queries)
-        return torch.einsum("...bqc,bchw->...bqhw", mask_embeddings, pixel_embeddings)
+        batch, channels, height, width = pixel_embeddings.shape
+        leading, num_queries = mask_embeddings.shape[:-3], mask_embeddings.shape[-2]
+        per_image = mask_embeddings.reshape(-1, batch, num_queries, channels).transpose(0, 1)
+        per_image = per_image.reshape(batch, -1, channels)  # (batch, L*Q, d); L = 1 usually
+        pixels = pixel_embeddings.flatten(2)  # (batch, d, h*w)
+        if pixels.stride(1) == 1:  # channels-last (how the FPN leaves it at inference)
+            # (h*w, d) @ (d, L*Q) with both operands as stored, then one copy of the (smaller)
+            # logits, instead of the copy of the whole map that einsum or bmm would make.
+            logits = torch.bmm(pixels.transpose(1, 2), per_image.transpose(1, 2)).transpose(1, 2)
+        else:
+            logits = torch.bmm(per_image, pixels)
+        logits = logits.reshape(batch, -1, num_queries, height, width).transpose(0, 1)
+        return logits.reshape(leading + (batch, num_queries, height, width)).contiguous()
 
     def forward(
         self,
