@@ -150,8 +150,8 @@ def test_drop_path_drops_both_branches_in_training_only():
 
 @pytest.mark.parametrize("shift", [0, 2])
 def test_half_precision_attention_is_as_close_to_float64_as_the_fused_kernel(monkeypatch, shift):
-    """bfloat16 window attention runs as explicit matmuls (``matmul_attention``); float32 keeps the
-    fused kernel. One block (padding, and the shift mask when ``shift``) runs in bfloat16 on both
+    """bfloat16 window attention on CPU runs as explicit matmuls (``matmul_attention``); float32
+    keeps the fused kernel. One block (padding, and the shift mask when ``shift``) runs in bfloat16 on both
     paths and in float64 on the same bfloat16-representable weights and input. Both bfloat16 runs
     round the same intermediates to 8-bit mantissas, so their errors against float64 are of one
     size; the matmul path may be at most twice the fused kernel's error plus one bfloat16 ulp of
@@ -174,9 +174,10 @@ def test_half_precision_attention_is_as_close_to_float64_as_the_fused_kernel(mon
             return copy.deepcopy(block).to(dtype)(hidden.to(dtype), layout)[0].double()
 
     exact = run(torch.float64)
-    assert swin.matmul_attention(torch.bfloat16) and not swin.matmul_attention(torch.float32)
+    assert swin.matmul_attention(torch.ones(1, dtype=torch.bfloat16))
+    assert not swin.matmul_attention(torch.ones(1))
     matmul_error = (run(torch.bfloat16) - exact).abs().max().item()
-    monkeypatch.setattr(swin, "matmul_attention", lambda dtype: False)
+    monkeypatch.setattr(swin, "matmul_attention", lambda query: False)
     fused_error = (run(torch.bfloat16) - exact).abs().max().item()
     scale = exact.abs().max().item()
     assert matmul_error <= 2 * fused_error + scale * 2**-8, (matmul_error, fused_error, scale)

@@ -104,12 +104,13 @@ def shifted_window_mask(
     return mask.masked_fill_(different, SHIFT_MASK_VALUE)
 
 
-def matmul_attention(dtype: torch.dtype) -> bool:
-    """Whether window attention in ``dtype`` runs as explicit matmuls rather than the fused
-    ``scaled_dot_product_attention``. Half precision does: the fused CPU kernel is built for long
-    sequences and spends more than the matmuls on 49-token windows (bfloat16 swin-tiny at 512x512,
-    2 threads: 65 ms fused vs ~30 ms); in float32 both take the same time, so it stays fused."""
-    return dtype in (torch.bfloat16, torch.float16)
+def matmul_attention(query: Tensor) -> bool:
+    """Whether window attention on ``query`` runs as explicit matmuls rather than the fused
+    ``scaled_dot_product_attention``: half precision on CPU does. The fused CPU kernel is built
+    for long sequences and spends more than the matmuls on 49-token windows (bfloat16 swin-tiny
+    at 512x512, 2 threads: 65 ms fused vs ~30 ms); in float32 both take the same time, and on
+    CUDA the fused kernels are the fast path, so those stay fused."""
+    return query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16)
 
 
 class MaskFormerSwinPatchEmbeddings(nn.Module):
@@ -222,7 +223,7 @@ class MaskFormerSwinSelfAttention(nn.Module):
         value = self._heads(self.value(windows))
         dropout = self.dropout_prob if self.training else 0.0
         probabilities = None
-        if output_attentions or matmul_attention(query.dtype):
+        if output_attentions or matmul_attention(query):
             scores = torch.matmul(query * self.attention_head_size**-0.5, key.transpose(-1, -2))
             # (A float32 result, then rounded: the same values, half the time of a bf16 softmax.)
             weights = (scores + attention_bias).softmax(-1, dtype=torch.float32).to(scores.dtype)
