@@ -248,6 +248,19 @@ def test_readers_fork_even_under_a_spawn_default_and_one_batch_reads_inline(tmp_
     assert contexts == [(1, expected), (0, None)]
 
 
+@pytest.mark.parametrize(
+    ("cores", "processes", "threads", "expected"),
+    [(2, 1, 2, 0), (16, 1, 16, 0), (16, 1, 8, 2), (16, 1, 1, 2), (16, 4, 3, 1), (4, 1, 3, 1)],
+)
+def test_default_readers_use_only_cores_the_model_leaves(
+    monkeypatch, cores, processes, threads, expected
+):
+    from maskformer.engine import predict_inputs
+
+    monkeypatch.setattr(predict_inputs.os, "cpu_count", lambda: cores)
+    assert predict_inputs.default_num_workers(processes, threads) == expected
+
+
 def test_resume_after_a_failure_writes_the_rest_and_nothing_twice(
     model_dir, tmp_path, capsys, monkeypatch
 ):

@@ -39,6 +39,7 @@ class OnnxRuntimeModel:
         metadata = read_metadata(path)
         options = onnxruntime.SessionOptions()
         threads = threads if threads is not None else torch.get_num_threads()
+        self.threads = threads
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(

@@ -271,6 +271,15 @@ def _complete(
     return all(p.is_file() for p in files)
 
 
+def _model_threads(model: Any) -> int:
+    """CPU threads the model's forward keeps busy: torch's (or ONNX Runtime's) intra-op threads
+    on the CPU, one feeding thread for a model on a GPU."""
+    parameter = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    if parameter is not None and parameter.device.type != "cpu":
+        return 1
+    return int(getattr(model, "threads", None) or torch.get_num_threads())
+
+
 def _run_shard(
     model: torch.nn.Module,
     processor: Any,
@@ -284,7 +293,7 @@ def _run_shard(
     if workers is None:
         from maskformer.engine.predict_distributed import processes_per_machine
 
-        workers = default_num_workers(processes_per_machine())
+        workers = default_num_workers(processes_per_machine(), _model_threads(model))
     journal = Journal(options.output_dir, rank)
     # instance records carry the training data's own category ids when the config has them
     category_ids = original_category_ids(model.config)
