@@ -185,18 +185,22 @@ def test_half_precision_attention_is_as_close_to_float64_as_the_fused_kernel(mon
 
 def test_mask_logits_read_channels_last_maps_and_stacked_queries():
     """The mask product reads the pixel map in either layout and takes the decoder layers stacked
-    ``(layers, batch, Q, d)``; it equals the einsum. float32 sums of 32 products of unit-scale
-    values: assert_close's float32 defaults (rtol 1.3e-6, atol 1e-5) cover reordered sums."""
+    ``(layers, batch, Q, d)``; it equals the einsum. Tolerance: a float32 dot product of d = 32
+    terms summed in any order is within d * 2^-24 * sum|e_c p_c| of the exact value (the standard
+    summation bound), so two orders differ by at most twice that."""
     torch.manual_seed(0)
     model = MaskFormerForInstanceSegmentation(tiny_config()).eval()
     queries = torch.randn(3, 2, 5, 32)
     pixels = torch.randn(2, 32, 6, 7)
     with torch.no_grad():
-        expected = torch.einsum("lbqc,bchw->lbqhw", model.mask_embedder(queries), pixels)
+        embeddings = model.mask_embedder(queries)
+        expected = torch.einsum("lbqc,bchw->lbqhw", embeddings, pixels)
+        bound = 2 * 32 * 2**-24 * torch.einsum("lbqc,bchw->lbqhw", embeddings.abs(), pixels.abs())
         for layout in (torch.contiguous_format, torch.channels_last):
             mapped = pixels.contiguous(memory_format=layout)
             stacked = model.mask_logits(queries, mapped)
             single = model.mask_logits(queries[-1], mapped)
             assert stacked.is_contiguous() and single.is_contiguous()
-            torch.testing.assert_close(stacked, expected)
-            torch.testing.assert_close(single, expected[-1])
+            assert stacked.shape == expected.shape and single.shape == expected.shape[1:]
+            assert bool(((stacked - expected).abs() <= bound).all())
+            assert bool(((single - expected[-1]).abs() <= bound[-1]).all())
