@@ -176,3 +176,49 @@ def test_onnxruntime_backend_refuses_what_it_cannot_run(
     )
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and message in error[0]
+
+
+def test_onnxruntime_sliding_window_writes_the_pytorch_backends_files(exported, tmp_path) -> None:
+    """Tiles of the exported size through ONNX Runtime give the PyTorch backend's label PNGs at
+    the same window (same float32 graph: only ties within 1e-4 of the logits' scale may move a
+    pixel, as above)."""
+    folder, onnx_file = exported
+    common = ["--task", "semantic", "--sliding-window", "--no-progress", "--no-overlay"]
+    onnx_run = ["predict", "--backend", "onnxruntime", "--model", str(onnx_file), *common]
+    assert main([*onnx_run, "--output-dir", str(tmp_path / "onnx"), str(PHOTOS)]) == 0
+    torch_run = ["predict", "--model", str(folder), *common, "--window", *map(str, SIZE)]
+    assert main([*torch_run, "--output-dir", str(tmp_path / "torch"), str(PHOTOS)]) == 0
+    for photo in sorted(PHOTOS.glob("*.jpg")):
+        ours = np.asarray(Image.open(tmp_path / "onnx" / "semantic" / f"{photo.stem}.png"))
+        theirs = np.asarray(Image.open(tmp_path / "torch" / "semantic" / f"{photo.stem}.png"))
+        assert ours.shape == theirs.shape == Image.open(photo).size[::-1]
+        assert (ours == theirs).mean() >= 0.999
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--sliding-window", "--window", "64", "64"], "differs from"),
+        (["--tta", "flip"], "--tta rescales"),
+    ],
+)
+def test_onnxruntime_takes_tiles_of_its_size_only(exported, tmp_path, capsys, extra, message):
+    _, onnx_file = exported
+    code = main(
+        ["predict", "--backend", "onnxruntime", "--model", str(onnx_file), "--output-dir"]
+        + [str(tmp_path / "out"), "--no-progress", str(PHOTOS), *extra]
+    )
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and message in error[0], error
+
+
+def test_predict_images_refuses_another_window_for_an_exported_model(exported, tmp_path) -> None:
+    from maskformer.engine.predict import PredictOptions, predict_images
+    from maskformer.onnx_backend import OnnxRuntimeModel
+
+    runtime = OnnxRuntimeModel(exported[1], threads=1)
+    options = PredictOptions(
+        task="semantic", output_dir=tmp_path, progress=False, sliding_window=((64, 64), 0.25)
+    )
+    with pytest.raises(ValueError, match="fixed input size 96 128"):
+        predict_images(runtime, runtime.processor(), sorted(PHOTOS.glob("*.jpg")), options)

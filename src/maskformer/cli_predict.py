@@ -41,7 +41,8 @@ def add_scale_arguments(predict: argparse.ArgumentParser) -> None:
         type=positive_int,
         nargs=2,
         metavar=("H", "W"),
-        help="tile size in pixels, multiples of 32 (default: the processor's shortest edge)",
+        help="tile size in pixels, multiples of 32 (default: the processor's shortest edge; "
+        "an exported .onnx: its input size)",
     )
     predict.add_argument(
         "--overlap",
@@ -105,10 +106,10 @@ def _predict(args: argparse.Namespace) -> int:
         )
     if args.sliding_window and args.tta:
         raise UsageError("maskformer predict: error: --sliding-window and --tta cannot be combined")
-    if args.backend == "onnxruntime" and (args.sliding_window or args.tta):
+    if args.backend == "onnxruntime" and args.tta:
         raise UsageError(
-            "maskformer predict: error: --sliding-window and --tta run the PyTorch model; an "
-            "exported .onnx has one fixed input size (use --backend pytorch)"
+            "maskformer predict: error: --tta rescales each image; an exported .onnx has one "
+            "fixed input size (use --backend pytorch)"
         )
     tta = TestTimeAugmentation.parse(args.tta) if args.tta else None
     window = tuple(args.window) if args.window else None
@@ -128,8 +129,15 @@ def _predict(args: argparse.Namespace) -> int:
     paths = collect_image_paths(args.inputs)
     _on_rank0(rank, check_outputs, paths, options)  # before the (slow) model load
     model, processor = _cli()._load(args, _local_device(args.device))
-    if args.sliding_window and window is None:  # the model's training scale
-        options.sliding_window = (_default_window(processor), args.overlap)
+    fixed_size = getattr(model, "input_size", None)  # an exported model: its tiles' size
+    if args.sliding_window and None not in (window, fixed_size) and window != tuple(fixed_size):
+        raise UsageError(
+            f"maskformer predict: error: --window {window[0]} {window[1]} differs from "
+            f"{args.model}'s exported size {fixed_size[0]} {fixed_size[1]}; omit --window"
+        )
+    if args.sliding_window and window is None:  # the model's training scale, or exported size
+        default = tuple(fixed_size) if fixed_size is not None else _default_window(processor)
+        options.sliding_window = (default, args.overlap)
         _on_rank0(rank, check_window_fits, paths, options.sliding_window)
     report = predict_images(model, processor, paths, options)
     if rank != 0:

@@ -113,6 +113,7 @@ def predict_images(
     ``torch.distributed`` process group every rank calls this with the same ``paths`` and
     segments its own shard.
     """
+    _check_fixed_size_window(model, options)
     rank, world = rank_and_world()
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     categories = [{"id": k, "name": v} for k, v in sorted(id2label.items())]
@@ -132,6 +133,24 @@ def predict_images(
         report = _run_shard(model, processor, shard(todo, rank, world), options, id2label)
         report.skipped_as_done = len(paths) - len(todo)
         return report
+
+
+def _check_fixed_size_window(model: Any, options: PredictOptions) -> None:
+    """A model of one fixed input size (an exported file) takes sliding-window tiles of that
+    size only, and no test-time augmentation (its views are rescaled)."""
+    size = getattr(model, "input_size", None)
+    if size is None:
+        return
+    if options.tta is not None:
+        raise ValueError(
+            f"--tta rescales each image; this model takes one input size ({size[0]}x{size[1]})"
+        )
+    if options.sliding_window is not None and tuple(options.sliding_window[0]) != tuple(size):
+        window = options.sliding_window[0]
+        raise ValueError(
+            f"--window {window[0]} {window[1]} differs from the model's fixed input size "
+            f"{size[0]} {size[1]}; omit --window to use it"
+        )
 
 
 def _start_run(

@@ -104,10 +104,13 @@ def _run_tiles(
     model: torch.nn.Module, processor: Any, tiles: list[np.ndarray]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class logits ``(tiles, queries, classes + 1)`` and mask logits ``(tiles, queries, h/4,
-    w/4)`` (float32) of equally sized RGB tiles."""
-    parameter = next(model.parameters())
+    w/4)`` (float32) of equally sized RGB tiles. A model without parameters (an exported one,
+    :class:`~maskformer.onnx_backend.OnnxRuntimeModel`) gets float32 CPU tensors."""
     inputs = processor(images=tiles, do_resize=False, return_tensors="pt")
-    pixel_values = inputs["pixel_values"].to(parameter.device, parameter.dtype)
+    pixel_values = inputs["pixel_values"]
+    parameter = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    if parameter is not None:
+        pixel_values = pixel_values.to(parameter.device, parameter.dtype)
     with torch.inference_mode():
         outputs = model(pixel_values=pixel_values)
     return outputs.class_queries_logits.float(), outputs.masks_queries_logits.float()
