@@ -68,7 +68,7 @@ def test_band_reduction_equals_a_whole_map_reduction(tiny_model, monkeypatch) ->
     """An image 4 windows high and wide: the result equals blending every tile into one
     full-image score map and resizing it at once (the reference computation), computed here
     directly; bands of 8 mask rows are resized with halo rows, so values are identical."""
-    import maskformer.engine.sliding_window as sw
+    import maskformer.engine.tiles as sw
 
     processor = MaskFormerImageProcessor()
     image = _photo((256, 256))
@@ -82,13 +82,13 @@ def test_band_reduction_equals_a_whole_map_reduction(tiny_model, monkeypatch) ->
     weight = torch.zeros(64, 64)
     for i, top in enumerate(rows):
         for j, left in enumerate(rows):
-            class_logits, mask_logits = sw._run_tiles(
+            class_logits, mask_logits = sw.run_tiles(
                 tiny_model, processor, [array[top : top + 64, left : left + 64]]
             )
             scores = torch.einsum(
                 "bqc,bqhw->bchw", class_logits.softmax(-1)[..., :-1], mask_logits.sigmoid()
             )[0]
-            w = sw._tile_weights(rows, i, 64)[:, None] * sw._tile_weights(rows, j, 64)[None, :]
+            w = sw.tile_weights(rows, i, 64)[:, None] * sw.tile_weights(rows, j, 64)[None, :]
             total[:, top // 4 : top // 4 + 16, left // 4 : left // 4 + 16] += scores * w
             weight[top // 4 : top // 4 + 16, left // 4 : left // 4 + 16] += w
     expected = F.interpolate((total / weight)[None], size=(256, 256), mode="bilinear")[0]
