@@ -60,7 +60,8 @@ def add_scale_arguments(predict: argparse.ArgumentParser) -> None:
         "--num-workers",
         type=non_negative_int,
         default=None,
-        help="background image readers (default: up to 2, on cores the model's threads leave free; 0 = none)",
+        help="background image readers (default: up to 2, on the cores the model's threads "
+        "leave free; 0 = none)",
     )
     predict.add_argument(
         "--resume",

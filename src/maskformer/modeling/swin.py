@@ -4,7 +4,7 @@ Tokens travel between blocks as ``(batch, height, width, channels)``. Each block
 tokens into (shifted) windows with one ``index_select`` (padding, cyclic shift and window
 partition at once, indices computed per stage from the map size) and back with another that
 also drops the padding. Window attention is a 4-D ``scaled_dot_product_attention`` (explicit
-matmuls in half precision, where they are faster on 49-token windows) with a single
+matmuls in half precision on CPU, where they are faster on 49-token windows) with a single
 additive bias per block: the relative position bias plus, for shifted blocks, the shifted-window
 mask (built in the activations' dtype so half precision works). Nothing derived from the weights
 or the input is cached between calls, so the blocks trace (``torch.jit.trace``,
