@@ -16,10 +16,12 @@ from tests.test_bad_inputs import photo, tiny_checkpoint
 from tests.test_predict_scale import _files
 
 
-def _predict(command_prefix, model_dir, inputs, out, *extra):
+def _predict_command(command_prefix, model_dir, inputs, out, *extra):
+    """``maskformer predict`` run by ``command_prefix`` (python, or torchrun), and its
+    environment: one thread per process in every run, so all runs use the same kernels."""
     env = {
         **os.environ,
-        "OMP_NUM_THREADS": "1",  # both runs: one thread per process, the same kernels
+        "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
     }
     command = [
@@ -35,10 +37,15 @@ def _predict(command_prefix, model_dir, inputs, out, *extra):
         "--no-progress",
         "--device",
         "cpu",
-        "--num-workers",
-        "1",
         *extra,
     ]
+    return command, env
+
+
+def _predict(command_prefix, model_dir, inputs, out, *extra):
+    command, env = _predict_command(
+        command_prefix, model_dir, inputs, out, "--num-workers", "1", *extra
+    )
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -83,28 +90,9 @@ def test_a_torchrun_job_stopped_by_sigterm_resumes_and_writes_nothing_twice(tmp_
     out = tmp_path / "out"
     extra = ["--task", "panoptic", "--sliding-window", "--window", "32", "32"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [
-        *torchrun,
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "maskformer.cli",
-        "predict",
-        "--model",
-        str(model_dir),
-        *map(str, inputs),
-        "--output-dir",
-        str(out),
-        "--no-progress",
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    command, env = _predict_command(
+        [*torchrun, "--nproc_per_node", "2"], model_dir, inputs, out, *extra
+    )
     job = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     journals = out / ".maskformer-predict"
     deadline = time.monotonic() + 240

@@ -7,6 +7,7 @@ new setting is one field, not a field plus a hand-written flag.
 Flag rules: ``field_name`` becomes ``--field-name``; a boolean that defaults to True becomes
 ``--no-field-name``, one that defaults to False a plain switch; ``choices`` come from the
 metadata; a field with ``"flag": False`` has no flag (tuples and automatic settings).
+:func:`run_train_from_args` runs parsed flags and turns failures into one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,3 +323,24 @@ def training_arguments_from_namespace(namespace: argparse.Namespace) -> Training
     """The :class:`TrainingArguments` of parsed ``maskformer train`` flags."""
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     return TrainingArguments(**{k: v for k, v in vars(namespace).items() if k in names})
+
+
+# ------------------------------------------------------------------------------ command line
+def run_train_from_args(namespace: argparse.Namespace) -> int:
+    """``maskformer train``: run :func:`train`; 0 on success (SIGTERM included), 2 on bad input,
+    bad data, a non-finite loss or a failed write (one line on stderr each)."""
+    from maskformer.engine.train import train  # the loop imports this module
+
+    try:
+        args = training_arguments_from_namespace(namespace)
+        result = train(args)
+    except (OSError, ValueError, FloatingPointError, ImportError) as error:  # OSError: also hub
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"maskformer train: error: {message}", file=sys.stderr)
+        return 2
+    losses = ", ".join(f"{k}={v:.4f}" for k, v in result.losses.items() if k.startswith("loss"))
+    state = "stopped by SIGTERM" if result.interrupted else "finished"
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{state} at step {result.step}: {losses}", file=sys.stderr)
+    return 0

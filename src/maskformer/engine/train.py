@@ -35,10 +35,7 @@ step N`` and return normally (exit code 0); ``resume="auto"`` picks the run up a
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +51,7 @@ from maskformer.engine.arguments import (
     TrainingArguments,
     TrainResult,
     add_train_arguments,
+    run_train_from_args,
     training_arguments_from_namespace,
 )
 from maskformer.engine.data_stream import (
@@ -389,24 +387,3 @@ class Trainer:
         self.last_saved_step = self.step
         self.last_checkpoint = path
         return path
-
-
-# ------------------------------------------------------------------------------ command line
-
-
-def run_train_from_args(namespace: argparse.Namespace) -> int:
-    """``maskformer train``: run :func:`train`; 0 on success (SIGTERM included), 2 on bad input,
-    bad data, a non-finite loss or a failed write (one line on stderr each)."""
-    try:
-        args = training_arguments_from_namespace(namespace)
-        result = train(args)
-    except (OSError, ValueError, FloatingPointError, ImportError) as error:  # OSError: also hub
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"maskformer train: error: {message}", file=sys.stderr)
-        return 2
-    losses = ", ".join(f"{k}={v:.4f}" for k, v in result.losses.items() if k.startswith("loss"))
-    state = "stopped by SIGTERM" if result.interrupted else "finished"
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{state} at step {result.step}: {losses}", file=sys.stderr)
-    return 0
